@@ -1,0 +1,34 @@
+"""One exception type per area of the runtime.
+
+Every error carries a message that names the file, field or URI involved and what was
+expected, so that the CLI can print it as a single line (``edgeseg: <message>``) and exit
+with a non-zero code instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgesegError(Exception):
+    """Base of all errors the CLI reports as one line."""
+
+    exit_code: int = 2
+
+
+class ConfigError(EdgesegError):
+    """A configuration file, field or command-line value is invalid."""
+
+
+class SourceError(EdgesegError):
+    """A source URI cannot be opened or read (raised by ``Source.read`` on failure)."""
+
+
+class ModelError(EdgesegError):
+    """A model file is missing, corrupt, or does not follow a supported output layout."""
+
+
+class SinkError(EdgesegError):
+    """A sink specification is unknown or a sink cannot write its output."""
+
+
+class EvalError(EdgesegError):
+    """An evaluation input (images, annotations) is missing or inconsistent."""

@@ -1,0 +1,44 @@
+"""The one interface every output implements: ``write`` a frame result, ``close`` at the end."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal
+
+from edgeseg.structures import FrameResult
+
+MaskFormat = Literal["rle", "polygon", "none"]
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    """Settings shared by the sinks.
+
+    Attributes:
+        mask_format: how masks appear in JSON outputs: COCO RLE, polygons, or left out.
+        fps: frame rate written into annotated videos.
+    """
+
+    mask_format: MaskFormat = "rle"
+    fps: float = 25.0
+
+
+class Sink(abc.ABC):
+    """A destination for frame results."""
+
+    @abc.abstractmethod
+    def write(self, result: FrameResult) -> None:
+        """Consume one frame result. Raises ``SinkError`` if it cannot be written."""
+
+    def close(self) -> None:
+        """Flush and release. Idempotent; called once the last frame has been written."""
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,84 @@
+"""The one interface every frame source implements.
+
+In the manner of jetson-utils' ``videoSource``: one abstract source, picked by URI scheme. A
+caller loops on ``read(timeout)``; a ``None`` means "nothing yet" (a timeout, a skipped
+unreadable image, a live stream reconnecting), and ``exhausted`` tells a finite source's end
+from a pause. Failures that make the source unusable raise ``SourceError``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from types import TracebackType
+
+from edgeseg.structures import Frame
+
+#: First wait before reconnecting a dropped live source, seconds.
+RECONNECT_INITIAL_S = 0.5
+#: Longest wait between reconnection attempts, seconds.
+RECONNECT_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to open a source; the same for every scheme, each using what applies to it.
+
+    Attributes:
+        loop: restart a finite source (file, folder) from the beginning when it ends.
+        reconnect_initial_s: first backoff delay after a live source drops.
+        reconnect_max_s: cap of the exponential backoff.
+        width, height, fps: requested capture format for cameras (v4l2, csi); 0 = default.
+    """
+
+    loop: bool = False
+    reconnect_initial_s: float = RECONNECT_INITIAL_S
+    reconnect_max_s: float = RECONNECT_MAX_S
+    width: int = 0
+    height: int = 0
+    fps: int = 0
+
+
+class Source(abc.ABC):
+    """A stream of frames from one URI."""
+
+    #: The URI this source reads, as given by the user.
+    uri: str
+    #: True for cameras and network streams: the pipeline keeps only the newest frame and
+    #: counts the drops. False for files and folders: every frame is processed.
+    live: bool = False
+
+    @abc.abstractmethod
+    def read(self, timeout: float | None = None) -> Frame | None:
+        """The next frame, or ``None`` if none is ready within ``timeout`` seconds.
+
+        Also returns ``None`` for an image that was skipped because it could not be decoded
+        (after logging one line naming the file) and when a finite source is exhausted (then
+        ``exhausted`` is True). Raises ``SourceError`` when the source cannot be used at all.
+        """
+
+    @property
+    def exhausted(self) -> bool:
+        """True once a finite, non-looping source has delivered its last frame."""
+        return False
+
+    @property
+    def length(self) -> int | None:
+        """Number of frames for finite sources when known (for progress bars), else None."""
+        return None
+
+    @property
+    def skipped(self) -> int:
+        """Number of unreadable items skipped so far."""
+        return 0
+
+    def close(self) -> None:
+        """Release the device, stream or file. Idempotent."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
