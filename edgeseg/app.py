@@ -1,0 +1,78 @@
+"""Builds a runnable pipeline from a validated Config: the one place components are wired.
+
+The commands (run, eval, bench, and later serve) differ only in which sinks they attach and
+what they do with the counters, so they all start from ``build_runtime``. Everything that can
+be refused (model, source URI, sink specs) is opened here, before the first frame is read.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Sequence
+
+from edgeseg.config import Config
+from edgeseg.errors import ConfigError
+from edgeseg.model import Model, load_model
+from edgeseg.pipeline.processor import FrameProcessor
+from edgeseg.postprocess import Postprocessor
+from edgeseg.sinks import create_sink
+from edgeseg.sinks.base import Sink
+from edgeseg.sources import open_source
+from edgeseg.sources.base import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The opened parts of one run; ``close`` releases them in reverse order."""
+
+    model: Model
+    processor: FrameProcessor
+    source: Source
+    sinks: list[Sink]
+    _stack: ExitStack
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def build_processor(config: Config, model: Model) -> FrameProcessor:
+    """The per-frame work for ``model`` with the configured postprocessing."""
+    return FrameProcessor(model, Postprocessor(config.postprocess.settings(), model.spec.class_names))
+
+
+def open_model(config: Config, spin: bool = False) -> Model:
+    if not config.model.path:
+        raise ConfigError("field 'model.path': required (give --model or set it in the config)")
+    m = config.model
+    return load_model(m.path, imgsz=m.imgsz, threads=m.threads, device=m.device, spin=spin)
+
+
+def build_runtime(config: Config, extra_sinks: Sequence[Sink] = (), spin: bool = False) -> Runtime:
+    """Open model, source and sinks of ``config``; on any refusal, close what was opened."""
+    if not config.source.uri:
+        raise ConfigError("field 'source.uri': required (give --source or set it in the config)")
+    with ExitStack() as stack:
+        model = open_model(config, spin=spin)
+        stack.callback(model.close)
+        source = open_source(config.source.uri, config.source_options())
+        stack.callback(source.close)
+        sinks: list[Sink] = []
+        for spec in config.output.sinks:
+            sink = create_sink(spec, config.sink_options())
+            stack.callback(sink.close)
+            sinks.append(sink)
+        for sink in extra_sinks:
+            stack.callback(sink.close)
+            sinks.append(sink)
+        processor = build_processor(config, model)
+        log.info(
+            "model %s (%s, %dx%d, %d classes) on %s; source %s",
+            model.spec.name, model.spec.family, model.spec.input_size[1], model.spec.input_size[0],
+            model.spec.num_classes, model.backend.info.provider, config.source.uri,
+        )
+        return Runtime(model, processor, source, sinks, stack.pop_all())
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,224 @@
+"""The ``edgeseg`` command: run, eval, bench.
+
+Every command validates its whole configuration (file plus flags) before it opens anything, and
+every expected failure is an EdgesegError that reaches the user as one line on stderr with a
+non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from types import FrameType
+from typing import Any, Callable, Sequence
+
+from edgeseg import __version__
+from edgeseg.config import Config, load_config
+from edgeseg.errors import EdgesegError
+
+log = logging.getLogger("edgeseg")
+
+#: Exit code for a run stopped by SIGINT/SIGTERM after flushing: a clean, requested stop.
+EXIT_OK = 0
+EXIT_INTERRUPTED_TWICE = 130
+
+
+def _add_common(p: argparse.ArgumentParser, *, source: bool = True) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML configuration (flags override it)")
+    p.add_argument("--model", metavar="M", help="ONNX model (or engine bundle directory)")
+    if source:
+        from edgeseg.sources import describe_sources
+
+        p.add_argument("--source", metavar="URI", help="frame source:\n" + describe_sources())
+        p.add_argument("--loop", action="store_true", default=None, help="restart a file/folder source at its end")
+    p.add_argument("--imgsz", type=int, help="input size for dynamic models (multiple of 32, 320..1280)")
+    p.add_argument("--conf", type=float, help="confidence threshold")
+    p.add_argument("--nms", choices=["gaussian", "linear", "hard"], help="Soft-NMS kind or hard NMS")
+    p.add_argument("--iou", type=float, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, help="most instances per frame")
+    p.add_argument("--threads", type=int, help="inference threads (0: all cores)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags that were given, as a nested document to lay over the config file."""
+    table: dict[str, tuple[str, str]] = {
+        "model": ("model", "path"), "imgsz": ("model", "imgsz"), "threads": ("model", "threads"),
+        "device": ("model", "device"), "source": ("source", "uri"), "loop": ("source", "loop"),
+        "conf": ("postprocess", "conf_threshold"), "nms": ("postprocess", "nms"),
+        "iou": ("postprocess", "iou_threshold"), "max_det": ("postprocess", "max_detections"),
+        "mask_format": ("output", "mask_format"), "max_frames": ("pipeline", "max_frames"),
+    }
+    out: dict[str, Any] = {}
+    for flag, (section, key) in table.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    if getattr(args, "log_level", None):
+        out["log_level"] = args.log_level
+    if getattr(args, "sink", None):
+        out.setdefault("output", {})["sinks"] = list(args.sink)
+    return out
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Config:
+    overrides = _overrides(args)
+    for section, values in (extra or {}).items():
+        overrides.setdefault(section, {}).update(values)
+    config = load_config(args.config, overrides)
+    _configure_logging(config.log_level)
+    return config
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM ask the pipeline to stop and flush; a second signal exits at once."""
+
+    def __init__(self, stop: Callable[[], None]):
+        self._stop = stop
+        self._count = 0
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self._count += 1
+        if self._count > 1:
+            raise SystemExit(EXIT_INTERRUPTED_TWICE)
+        log.info("%s: finishing frames in flight, then exiting", signal.Signals(signum).name)
+        self._stop()
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edgeseg.app import build_runtime
+    from edgeseg.pipeline.runner import Pipeline
+    from edgeseg.progress import progress_bar
+
+    config = _load(args)
+    runtime = build_runtime(config)
+    try:
+        total = None if config.source.loop else runtime.source.length
+        if config.pipeline.max_frames:
+            total = min(total or config.pipeline.max_frames, config.pipeline.max_frames)
+        with progress_bar(total, "run") as bar:
+            pipeline = Pipeline(
+                runtime.source, runtime.processor, runtime.sinks,
+                max_frames=config.pipeline.max_frames,
+                inference_priority=config.pipeline.inference_priority,
+                on_result=lambda _r: bar.update(1),
+            )
+            stopper = _StopOnSignal(pipeline.stop)
+            try:
+                counters = pipeline.run()
+            finally:
+                stopper.restore()
+    finally:
+        runtime.close()
+    sinks = ", ".join(config.output.sinks) or "no sinks"
+    print(
+        f"run: {counters.processed} frames in {counters.elapsed_s:.1f} s ({counters.fps:.2f} FPS), "
+        f"{counters.instances} instances, {runtime.source.skipped} skipped, {pipeline.drops} dropped, "
+        f"{counters.sink_errors} sink errors; wrote {sinks}"
+    )
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from edgeseg.evaluation.coco import evaluate
+
+    config = _load(args, {"postprocess": _eval_postprocess(args)})
+    report = evaluate(config, args.images, args.annotations, args.out)
+    print(report.summary_line())
+    return EXIT_OK
+
+
+def _eval_postprocess(args: argparse.Namespace) -> dict[str, Any]:
+    """COCO protocol defaults (as Ultralytics' validator), unless the user set them."""
+    from edgeseg.evaluation.coco import EVAL_POSTPROCESS
+
+    return {k: v for k, v in EVAL_POSTPROCESS.items() if not _flag_given(args, k)}
+
+
+def _flag_given(args: argparse.Namespace, key: str) -> bool:
+    flag = {"conf_threshold": "conf", "iou_threshold": "iou", "max_detections": "max_det", "nms": "nms"}.get(key)
+    return flag is not None and getattr(args, flag, None) is not None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edgeseg.bench import run_bench
+
+    config = _load(args, {"source": {"loop": True}})
+    report = run_bench(config, frames=args.frames, warmup=args.warmup, sequential=not args.no_sequential)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(report.as_text())
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeseg",
+        description="Real-time instance segmentation on edge devices.",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="segment a source and write the results", formatter_class=argparse.RawTextHelpFormatter)
+    _add_common(run)
+    run.add_argument("--sink", action="append", metavar="KIND:PATH",
+                     help="output, repeatable: jsonl:PATH, coco:PATH, video:FILE.mp4 or video:DIR, images:DIR")
+    run.add_argument("--mask-format", choices=["rle", "polygon", "none"], help="mask encoding in JSON outputs")
+    run.add_argument("--max-frames", type=int, help="stop after N frames")
+    run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("eval", help="COCO box and mask mAP on an annotated image folder")
+    _add_common(ev, source=False)
+    ev.add_argument("--images", required=True, metavar="DIR", help="folder with the annotated images")
+    ev.add_argument("--annotations", required=True, metavar="COCO.json", help="COCO instances json")
+    ev.add_argument("--out", required=True, metavar="results.json", help="COCO results file to write")
+    ev.set_defaults(func=cmd_eval)
+
+    bench = sub.add_parser("bench", help="per-stage latency, pipeline FPS and sequential FPS",
+                           formatter_class=argparse.RawTextHelpFormatter)
+    _add_common(bench)
+    bench.add_argument("--frames", type=int, default=200, help="frames to time (the source loops)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed frames first")
+    bench.add_argument("--no-sequential", action="store_true", help="skip the sequential baseline")
+    bench.add_argument("--sink", action="append", metavar="KIND:PATH", help="also write to these sinks")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except EdgesegError as exc:
+        print(f"edgeseg: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgeseg: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED_TWICE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

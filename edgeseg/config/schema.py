@@ -1,0 +1,173 @@
+"""The configuration file: one YAML document, every field described, bounded and defaulted.
+
+In the manner of Frigate's config: unknown keys are refused (a typo never silently means "use
+the default"), each field has a description and bounds, and the document carries a ``version``.
+Command-line flags are applied to the raw document before validation, so an override is
+checked exactly like the file it overrides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgeseg.errors import ConfigError
+from edgeseg.postprocess.settings import (
+    DEFAULT_CONF_THRESHOLD,
+    DEFAULT_IOU_THRESHOLD,
+    DEFAULT_MASK_THRESHOLD,
+    DEFAULT_SOFT_SIGMA,
+    PostprocessSettings,
+    RefineSettings,
+)
+from edgeseg.sinks.base import SinkOptions
+from edgeseg.sources.base import RECONNECT_INITIAL_S, RECONNECT_MAX_S, SourceOptions
+
+#: The configuration format this code reads.
+CONFIG_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ModelConfig(_Strict):
+    path: Optional[str] = Field(None, description="ONNX model file (or engine bundle directory)")
+    imgsz: Optional[int] = Field(
+        None, ge=320, le=1280, multiple_of=32,
+        description="input size for dynamic models (multiple of 32); static models use their own",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where ONNX Runtime runs")
+    threads: int = Field(0, ge=0, le=256, description="inference threads; 0 = every physical core")
+
+
+class SourceConfig(_Strict):
+    uri: Optional[str] = Field(None, description="source URI: file, folder, glob, v4l2://, csi://, rtsp://, http://")
+    loop: bool = Field(False, description="restart a file or folder source when it ends")
+    reconnect_initial_s: float = Field(RECONNECT_INITIAL_S, gt=0, le=60, description="first reconnect backoff")
+    reconnect_max_s: float = Field(RECONNECT_MAX_S, gt=0, le=3600, description="longest reconnect backoff")
+    width: int = Field(0, ge=0, le=8192, description="camera capture width; 0 = device default")
+    height: int = Field(0, ge=0, le=8192, description="camera capture height; 0 = device default")
+    fps: int = Field(0, ge=0, le=480, description="camera frame rate; 0 = device default")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> SourceConfig:
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
+        return self
+
+
+class RefineConfig(_Strict):
+    open_px: int = Field(0, ge=0, le=32, description="opening radius (removes specks), pixels; 0 = off")
+    close_px: int = Field(0, ge=0, le=32, description="closing radius (fills holes), pixels; 0 = off")
+    min_area: int = Field(0, ge=0, le=1_000_000, description="drop mask components smaller than this; 0 = off")
+
+
+class PostprocessConfig(_Strict):
+    conf_threshold: float = Field(DEFAULT_CONF_THRESHOLD, ge=0.0, lt=1.0, description="minimum class score")
+    nms: Literal["gaussian", "linear", "hard"] = Field("gaussian", description="Soft-NMS kind, or hard NMS")
+    iou_threshold: float = Field(DEFAULT_IOU_THRESHOLD, gt=0.0, le=1.0, description="NMS IoU threshold")
+    soft_sigma: float = Field(DEFAULT_SOFT_SIGMA, gt=0.0, le=10.0, description="Gaussian Soft-NMS sigma")
+    max_detections: int = Field(100, ge=1, le=1000, description="most instances per frame")
+    multi_label: bool = Field(False, description="allow one instance per class above threshold per anchor")
+    masks: bool = Field(True, description="compute instance masks (off: boxes only)")
+    mask_threshold: float = Field(DEFAULT_MASK_THRESHOLD, gt=0.0, lt=1.0, description="mask probability cut")
+    refine: RefineConfig = Field(default_factory=RefineConfig, description="morphological mask refinement")
+
+    def settings(self) -> PostprocessSettings:
+        return PostprocessSettings(
+            conf_threshold=self.conf_threshold,
+            nms=self.nms,
+            iou_threshold=self.iou_threshold,
+            soft_sigma=self.soft_sigma,
+            max_detections=self.max_detections,
+            multi_label=self.multi_label,
+            masks=self.masks,
+            mask_threshold=self.mask_threshold,
+            refine=RefineSettings(self.refine.open_px, self.refine.close_px, self.refine.min_area),
+        )
+
+
+class OutputConfig(_Strict):
+    sinks: list[str] = Field(default_factory=list, description="outputs, each KIND:PATH (jsonl, coco, video, images)")
+    mask_format: Literal["rle", "polygon", "none"] = Field("rle", description="mask encoding in JSON outputs")
+    video_fps: float = Field(25.0, gt=0, le=240, description="frame rate of annotated videos")
+
+
+class PipelineConfig(_Strict):
+    inference_priority: bool = Field(True, description="give the inference thread the highest priority allowed")
+    max_frames: int = Field(0, ge=0, description="stop after this many frames; 0 = until the source ends")
+
+
+class Config(_Strict):
+    version: Literal[1] = Field(CONFIG_VERSION, description="configuration format version")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    def source_options(self) -> SourceOptions:
+        s = self.source
+        return SourceOptions(s.loop, s.reconnect_initial_s, s.reconnect_max_s, s.width, s.height, s.fps)
+
+    def sink_options(self) -> SinkOptions:
+        return SinkOptions(mask_format=self.output.mask_format, fps=self.output.video_fps)
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    msg = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        return f"field '{loc}': unknown key"
+    if error["type"] == "missing":
+        return f"field '{loc}': required"
+    return f"field '{loc}': {msg} (got {error.get('input')!r})"
+
+
+def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_config(raw: Any, overrides: Mapping[str, Any] | None = None, origin: str = "config") -> Config:
+    """Validate a raw document (plus overrides) into a Config, or raise a one-line ConfigError."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, found {type(raw).__name__}")
+    doc = _deep_merge(raw, overrides or {})
+    try:
+        return Config.model_validate(doc)
+    except ValidationError as exc:
+        details = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{origin}: {details}") from None
+
+
+def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read a YAML file (or defaults when ``path`` is None) and apply command-line overrides."""
+    if path is None:
+        return parse_config({}, overrides, origin="command line")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {p}: cannot read ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {p}: not valid YAML{where}") from None
+    return parse_config(raw, overrides, origin=str(p))

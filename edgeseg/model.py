@@ -1,0 +1,227 @@
+"""A model as the runtime sees it: a backend plus what is needed to feed and read it.
+
+``load_model`` opens a network through a backend, checks that it follows the prototype-mask
+contract of DESIGN.md (one NCHW image input; a [1, 4 + nc + k, N] prediction output and a
+[1, k, H/4, W/4] prototype output), reads the class names, stride and normalisation from its
+metadata, and fixes the input resolution (the model's own when static, the requested one when
+dynamic). Anything that does not fit is refused here, with one line, before a frame is read.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edgeseg.backends.base import Backend, NetworkInfo, TensorInfo
+from edgeseg.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+Family = Literal["yolov8-seg", "edgeseg"]
+
+#: Input resolutions the decoder supports (multiples of the stride within this range).
+MIN_INPUT_SIZE = 320
+MAX_INPUT_SIZE = 1280
+#: Default input size of a dynamic model whose metadata names none.
+DEFAULT_INPUT_SIZE = 640
+DEFAULT_STRIDE = 32
+#: Letterbox padding value used by the Ultralytics exports (and by edgeseg models).
+DEFAULT_PAD_VALUE = 114
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How uint8 pixels become network input: ``(pixel * scale - mean) / std`` per channel.
+
+    Attributes:
+        scale: multiplier applied first (1/255 maps 0..255 to 0..1).
+        mean, std: per-channel, in the network's channel order.
+        rgb: the network expects RGB (images arrive BGR from OpenCV).
+        pad_value: letterbox border colour, in 0..255.
+    """
+
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    rgb: bool = True
+    pad_value: int = DEFAULT_PAD_VALUE
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything about a model that preprocessing, decoding and the sinks depend on.
+
+    Attributes:
+        name: a short name for results and logs (file stem or bundle name).
+        family: output layout family; both families share one decoder.
+        class_names: the class table.
+        input_size: (height, width) of the network input in use.
+        dynamic: the network accepts other input sizes (multiples of ``stride``).
+        stride: largest feature stride; dynamic input sizes must be multiples of it.
+        num_masks: k, the number of prototypes and mask coefficients.
+        pred_index, proto_index: positions of the two outputs in the backend's output list.
+        normalization: pixel scaling per the model's metadata.
+    """
+
+    name: str
+    family: Family
+    class_names: tuple[str, ...]
+    input_size: tuple[int, int]
+    dynamic: bool
+    stride: int
+    num_masks: int
+    pred_index: int
+    proto_index: int
+    normalization: Normalization = Normalization()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class Model:
+    """A loaded backend and its spec."""
+
+    spec: ModelSpec
+    backend: Backend
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _parse_names(raw: str, path: str) -> tuple[str, ...]:
+    """Class names from metadata: a Python dict literal (Ultralytics) or a JSON list/dict."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError) as exc:
+            raise ModelError(f"model {path}: metadata 'names' is neither JSON nor a dict literal") from exc
+    if isinstance(value, dict):
+        keys = sorted(int(k) for k in value)
+        if keys != list(range(len(keys))):
+            raise ModelError(f"model {path}: metadata 'names' keys must be 0..n-1")
+        return tuple(str(value[k] if k in value else value[str(k)]) for k in keys)
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    raise ModelError(f"model {path}: metadata 'names' must be a dict or list of class names")
+
+
+def _parse_normalization(meta: dict[str, str], path: str) -> Normalization:
+    raw = meta.get("edgeseg.normalization")
+    if raw is None:
+        return Normalization()
+    try:
+        d = json.loads(raw)
+        return Normalization(
+            scale=float(d.get("scale", 1 / 255)),
+            mean=tuple(float(x) for x in d.get("mean", (0, 0, 0))),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in d.get("std", (1, 1, 1))),  # type: ignore[arg-type]
+            rgb=bool(d.get("rgb", True)),
+            pad_value=int(d.get("pad_value", DEFAULT_PAD_VALUE)),
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ModelError(f"model {path}: metadata 'edgeseg.normalization' is not valid: {exc}") from exc
+
+
+def _shape_text(t: TensorInfo) -> str:
+    return f"{t.name} [{', '.join(str(d) for d in t.shape)}]"
+
+
+def _layout(info: NetworkInfo) -> tuple[int, int]:
+    """Indices of the prediction (rank 3) and prototype (rank 4) outputs, or ModelError."""
+    ranks = [len(o.shape) for o in info.outputs]
+    if sorted(ranks) != [3, 4]:
+        found = ", ".join(_shape_text(o) for o in info.outputs)
+        raise ModelError(
+            f"model {info.path}: not a prototype-mask model; expected outputs [1, 4+nc+k, N] and "
+            f"[1, k, H/4, W/4], found {found}"
+        )
+    return ranks.index(3), ranks.index(4)
+
+
+def _resolve_input_size(
+    info: NetworkInfo, requested: int | None, stride: int, default: int
+) -> tuple[tuple[int, int], bool]:
+    shape = info.inputs[0].shape
+    if len(shape) != 4 or shape[1] not in (3, None) and not isinstance(shape[1], str):
+        raise ModelError(f"model {info.path}: expected an NCHW image input, found {_shape_text(info.inputs[0])}")
+    h, w = shape[2], shape[3]
+    if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+        if requested is not None and requested != max(h, w):
+            log.warning("model %s has a fixed %dx%d input; requested size %d ignored", info.path, w, h, requested)
+        return (h, w), False
+    size = requested if requested is not None else default
+    if not (MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE) or size % stride:
+        raise ConfigError(
+            f"imgsz {size}: expected a multiple of {stride} from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}"
+        )
+    return (size, size), True
+
+
+def spec_from_network(info: NetworkInfo, name: str, imgsz: int | None = None) -> ModelSpec:
+    """Check ``info`` against the prototype-mask contract and build its ModelSpec."""
+    meta = info.metadata
+    pred_i, proto_i = _layout(info)
+    pred, proto = info.outputs[pred_i], info.outputs[proto_i]
+    channels, k = pred.shape[1], proto.shape[1]
+    if not isinstance(k, int) or not isinstance(channels, int):
+        raise ModelError(f"model {info.path}: output channel counts must be static, found "
+                         f"{_shape_text(pred)}, {_shape_text(proto)}")
+    names = _parse_names(meta["names"], info.path) if "names" in meta else None
+    nc = len(names) if names is not None else channels - 4 - k
+    if nc < 1 or channels != 4 + nc + k:
+        raise ModelError(
+            f"model {info.path}: {_shape_text(pred)} does not hold 4 box + {nc} class + {k} mask rows"
+        )
+    if names is None:
+        names = tuple(f"class{i}" for i in range(nc))
+    stride = int(meta.get("stride", DEFAULT_STRIDE))
+    default = DEFAULT_INPUT_SIZE
+    if "imgsz" in meta:
+        try:
+            default = int(max(ast.literal_eval(meta["imgsz"])))
+        except (ValueError, SyntaxError, TypeError):
+            default = DEFAULT_INPUT_SIZE
+    input_size, dynamic = _resolve_input_size(info, imgsz, stride, default)
+    family: Family = "edgeseg" if meta.get("edgeseg.family") == "edgeseg" else "yolov8-seg"
+    return ModelSpec(
+        name=name,
+        family=family,
+        class_names=names,
+        input_size=input_size,
+        dynamic=dynamic,
+        stride=stride,
+        num_masks=k,
+        pred_index=pred_i,
+        proto_index=proto_i,
+        normalization=_parse_normalization(meta, info.path),
+    )
+
+
+def load_model(
+    path: str | Path, imgsz: int | None = None, threads: int = 0, device: str = "auto", spin: bool = False
+) -> Model:
+    """Open ``path`` (an .onnx file) on the best available backend and check its layout."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if path.suffix.lower() != ".onnx":
+        raise ModelError(f"model {path}: expected an .onnx file")
+    from edgeseg.backends.onnxruntime import OnnxRuntimeBackend  # lazy: imports onnxruntime
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device {device!r}: expected auto, cpu or cuda")
+    backend = OnnxRuntimeBackend(path, threads=threads, device=device, spin=spin)  # type: ignore[arg-type]
+    try:
+        spec = spec_from_network(backend.info, path.stem, imgsz)
+    except Exception:
+        backend.close()
+        raise
+    return Model(spec, backend)

@@ -1,0 +1,254 @@
+"""The pipeline: capture, inference and output threads joined by double buffers.
+
+    source ─► [capture: read + preprocess] ═► [inference: backend] ═► [output: decode +
+    postprocess + sinks]          (═► is a DoubleBuffer)
+
+Live sources feed the first buffer in newest-only mode (drops counted); files and folders, and
+the second buffer always, are lossless. ``stop()`` ends capture; the frames already in flight
+are inferred, written and flushed before ``join`` returns, which is what SIGINT/SIGTERM call.
+A fatal error in any stage closes both buffers so every thread ends, and ``join`` re-raises it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from edgeseg.errors import SinkError
+from edgeseg.pipeline import priority
+from edgeseg.pipeline.double_buffer import DoubleBuffer
+from edgeseg.pipeline.processor import FrameProcessor, Work
+from edgeseg.pipeline.stats import StageTimes
+from edgeseg.sinks.base import Sink
+from edgeseg.sources.base import Source
+from edgeseg.structures import Frame, FrameResult
+
+log = logging.getLogger(__name__)
+
+#: How often blocked threads wake to check for a stop request, seconds.
+POLL_S = 0.2
+
+ResultCallback = Callable[[FrameResult], None]
+
+
+@dataclass
+class Counters:
+    """What the pipeline has done so far (read by the CLI, bench and the monitor)."""
+
+    captured: int = 0
+    processed: int = 0
+    instances: int = 0
+    sink_errors: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None
+
+    @property
+    def elapsed_s(self) -> float:
+        return (self.finished or time.perf_counter()) - self.started
+
+    @property
+    def fps(self) -> float:
+        return self.processed / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def write_to_sinks(result: FrameResult, sinks: Sequence[Sink], failed: set[int], counters: Counters) -> None:
+    """Write one result to every sink; a failing sink is logged once and the others go on."""
+    for i, sink in enumerate(sinks):
+        try:
+            sink.write(result)
+        except SinkError as exc:
+            counters.sink_errors += 1
+            if i not in failed:
+                failed.add(i)
+                log.error("%s (further errors of this sink are counted, not logged)", exc)
+
+
+class Pipeline:
+    """Three stage threads over one source, one FrameProcessor and any number of sinks.
+
+    Args:
+        source: where frames come from.
+        processor: the per-frame work.
+        sinks: where results go, in order.
+        max_frames: stop capturing after this many frames (0: until the source ends).
+        inference_priority: raise the inference thread and lower the other two.
+        on_result: called in the output thread after the sinks, for every result.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        processor: FrameProcessor,
+        sinks: Sequence[Sink] = (),
+        max_frames: int = 0,
+        inference_priority: bool = True,
+        on_result: ResultCallback | None = None,
+    ):
+        self.source = source
+        self.processor = processor
+        self.sinks = list(sinks)
+        self.max_frames = max_frames
+        self.inference_priority = inference_priority
+        self.on_result = on_result
+        self.times = StageTimes()
+        self.counters = Counters()
+        self._to_infer: DoubleBuffer[Work] = DoubleBuffer(newest_only=source.live, on_drop=processor.release)
+        self._to_output: DoubleBuffer[Work] = DoubleBuffer()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._failed_sinks: set[int] = set()
+        self._threads = [
+            threading.Thread(target=self._guard, args=(self._capture_loop,), name="edgeseg-capture", daemon=True),
+            threading.Thread(target=self._guard, args=(self._inference_loop,), name="edgeseg-inference", daemon=True),
+            threading.Thread(target=self._guard, args=(self._output_loop,), name="edgeseg-output", daemon=True),
+        ]
+
+    @property
+    def drops(self) -> int:
+        """Frames dropped because the live source outpaced inference."""
+        return self._to_infer.drops
+
+    def start(self) -> None:
+        self.counters = Counters()
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        """Stop capturing; frames in flight are still finished and written."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the threads; True once all ended. Re-raises a stage's fatal error."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            t.join(remaining)
+        done = not any(t.is_alive() for t in self._threads)
+        if done and self.counters.finished is None:
+            self.counters.finished = time.perf_counter()
+        if done and self._error is not None:
+            raise self._error
+        return done
+
+    def run(self) -> Counters:
+        """Start, wait until the source ends (or ``stop``), and return the counters."""
+        self.start()
+        while not self.join(POLL_S):
+            pass
+        return self.counters
+
+    # -- stage threads ---------------------------------------------------------------------
+
+    def _guard(self, loop: Callable[[], None]) -> None:
+        try:
+            loop()
+        except BaseException as exc:  # any stage failure ends the whole pipeline, reported by join
+            if self._error is None:
+                self._error = exc
+            self._stop.set()
+            self._to_infer.close()
+            self._to_output.close()
+
+    def _capture_loop(self) -> None:
+        if self.inference_priority:
+            priority.lower_current_thread()
+        try:
+            while not self._stop.is_set():
+                if self.max_frames and self.counters.captured >= self.max_frames:
+                    break
+                t0 = time.perf_counter()
+                frame = self.source.read(timeout=POLL_S)
+                if frame is None:
+                    if self.source.exhausted:
+                        break
+                    continue
+                capture_ms = (time.perf_counter() - t0) * 1e3
+                work = self._prepare(frame)
+                if work is None:
+                    return
+                work.latency_ms["capture"] = capture_ms
+                self.counters.captured += 1
+                if not self._to_infer.put(work):
+                    self.processor.release(work)
+                    return
+        finally:
+            self._to_infer.close()
+
+    def _prepare(self, frame: Frame) -> Work | None:
+        """Preprocess into a pooled tensor, waiting while downstream still holds all of them.
+
+        Downstream keeps draining even after ``stop()``, so the wait ends unless a stage failed.
+        """
+        while self._error is None:
+            work = self.processor.prepare(frame, timeout=POLL_S)
+            if work is not None:
+                return work
+        return None
+
+    def _inference_loop(self) -> None:
+        if self.inference_priority:
+            priority.raise_current_thread()
+        try:
+            while True:
+                work = self._to_infer.get()
+                if work is None:
+                    return
+                self.processor.infer(work)
+                if not self._to_output.put(work):
+                    return
+        finally:
+            self._to_output.close()
+
+    def _output_loop(self) -> None:
+        if self.inference_priority:
+            priority.lower_current_thread()
+        while True:
+            work = self._to_output.get()
+            if work is None:
+                return
+            result = self.processor.finish(work)
+            t0 = time.perf_counter()
+            write_to_sinks(result, self.sinks, self._failed_sinks, self.counters)
+            result.latency_ms["sink"] = (time.perf_counter() - t0) * 1e3
+            self.times.add(result.latency_ms)
+            self.counters.processed += 1
+            self.counters.instances += len(result.instances)
+            if self.on_result is not None:
+                self.on_result(result)
+
+
+def run_sequential(
+    source: Source,
+    processor: FrameProcessor,
+    sinks: Sequence[Sink] = (),
+    max_frames: int = 0,
+    on_result: ResultCallback | None = None,
+) -> tuple[Counters, StageTimes]:
+    """The same work as Pipeline, one frame at a time in the calling thread (the baseline)."""
+    times, counters, failed = StageTimes(), Counters(), set[int]()
+    while not max_frames or counters.processed < max_frames:
+        t0 = time.perf_counter()
+        frame = source.read(timeout=POLL_S)
+        if frame is None:
+            if source.exhausted:
+                break
+            continue
+        capture_ms = (time.perf_counter() - t0) * 1e3
+        work = processor.prepare(frame)
+        assert work is not None  # no timeout: the pool is never exhausted in one thread
+        work.latency_ms["capture"] = capture_ms
+        result = processor.finish(processor.infer(work))
+        t1 = time.perf_counter()
+        write_to_sinks(result, sinks, failed, counters)
+        result.latency_ms["sink"] = (time.perf_counter() - t1) * 1e3
+        times.add(result.latency_ms)
+        counters.captured += 1
+        counters.processed += 1
+        counters.instances += len(result.instances)
+        if on_result is not None:
+            on_result(result)
+    counters.finished = time.perf_counter()
+    return counters, times

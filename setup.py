@@ -1,0 +1,37 @@
+"""edgeseg packaging: the lean runtime (``edgeseg``) and the export stage (``export``)."""
+
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "numpy>=1.24",
+    "opencv-python-headless>=4.8",
+    "onnxruntime>=1.17",
+    "pyyaml>=6.0",
+    "pydantic>=2.5",
+    "pycocotools>=2.0.7",
+    "tqdm>=4.66",
+    "psutil>=5.9",
+]
+
+EXTRAS = {
+    # The export stage; torch is pinned to the CPU wheel, a looser pin pulls CUDA packages.
+    "export": ["torch==2.13.0", "onnx>=1.15", "onnxsim>=0.4", "torch-pruning>=1.4"],
+    # NVIDIA devices: TensorRT and pycuda come from JetPack or NVIDIA's index, not PyPI.
+    "trt": ["tensorrt", "pycuda"],
+    "jetson": ["jetson-stats>=4.2"],
+    "dev": ["pytest>=8", "jsonschema>=4.20", "mypy>=1.10", "ruff>=0.5", "onnx>=1.15"],
+}
+
+setup(
+    name="edgeseg",
+    version="0.1.0",
+    description="Real-time instance segmentation on edge devices (Jetson first, any Linux second)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["edgeseg", "edgeseg.*", "export", "export.*"]),
+    package_data={"edgeseg": ["schemas/*.json"]},
+    install_requires=RUNTIME,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["edgeseg=edgeseg.cli:main"]},
+)

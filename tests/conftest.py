@@ -1,0 +1,47 @@
+"""Shared fixtures: the real material of ../shared/realdata, skipped with a reason where absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = Path(__import__("os").environ.get("EDGESEG_REALDATA", ROOT.parent / "shared" / "realdata"))
+MODEL_640 = REALDATA / "models" / "yolov8n-seg-640-fp32-reconstructed.onnx"
+MODEL_DYNAMIC = REALDATA / "models" / "yolov8n-seg-dynamic-fp32-reconstructed.onnx"
+MODEL_INT8_320 = REALDATA / "models" / "yolov8n-seg_int8.onnx"
+VAL_IMAGES = REALDATA / "coco_val2017_subset" / "images"
+VAL_ANNOTATIONS = REALDATA / "coco_val2017_subset" / "instances_val2017_subset.json"
+TRAIN_IMAGES = REALDATA / "coco_train2017_subset" / "images"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real test material missing: {path} (expected ../shared/realdata)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_640() -> Path:
+    return _need(MODEL_640)
+
+
+@pytest.fixture(scope="session")
+def model_dynamic() -> Path:
+    return _need(MODEL_DYNAMIC)
+
+
+@pytest.fixture(scope="session")
+def model_int8_320() -> Path:
+    return _need(MODEL_INT8_320)
+
+
+@pytest.fixture(scope="session")
+def val_images() -> Path:
+    return _need(VAL_IMAGES)
+
+
+@pytest.fixture(scope="session")
+def val_annotations() -> Path:
+    return _need(VAL_ANNOTATIONS)
