@@ -32,7 +32,7 @@ class Sink(abc.ABC):
     def write(self, result: FrameResult) -> None:
         """Consume one frame result. Raises ``SinkError`` if it cannot be written."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op default for sinks that hold nothing open
         """Flush and release. Idempotent; called once the last frame has been written."""
 
     def __enter__(self) -> Sink:

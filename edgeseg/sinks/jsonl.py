@@ -1,0 +1,53 @@
+"""``jsonl:PATH``: one frame result per line, in the shared frame-result schema.
+
+Each line is flushed as it is written, so a killed daemon (SIGKILL, power loss of the process)
+leaves every finished frame on disk and at most one partial last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import IO
+
+from edgeseg.errors import SinkError
+from edgeseg.sinks.base import MaskFormat, Sink
+from edgeseg.sinks.paths import prepare_file
+from edgeseg.sinks.serialize import frame_result_to_dict
+from edgeseg.structures import FrameResult
+
+JSON_SEPARATORS = (",", ":")
+"""Compact JSON: no spaces, the lines are for machines."""
+
+
+class JsonlSink(Sink):
+    """Writes frame results as JSON lines to a file (truncated on open unless ``append``)."""
+
+    def __init__(self, path: str | os.PathLike[str], mask_format: MaskFormat = "rle", append: bool = False):
+        self.path = prepare_file(path)
+        self.mask_format: MaskFormat = mask_format
+        self.lines_written = 0
+        try:
+            self._file: IO[str] | None = self.path.open("a" if append else "w", encoding="utf-8")
+        except OSError as exc:
+            raise SinkError(f"cannot open output file {str(self.path)!r}: {exc}") from exc
+
+    def write(self, result: FrameResult) -> None:
+        if self._file is None:
+            raise SinkError(f"jsonl sink {str(self.path)!r} is closed")
+        line = json.dumps(frame_result_to_dict(result, self.mask_format), separators=JSON_SEPARATORS)
+        try:
+            self._file.write(line + "\n")
+            self._file.flush()
+        except OSError as exc:
+            raise SinkError(f"cannot write to {str(self.path)!r}: {exc}") from exc
+        self.lines_written += 1
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError as exc:
+            raise SinkError(f"cannot close {str(self.path)!r}: {exc}") from exc
