@@ -8,9 +8,9 @@ be refused (model, source URI, sink specs) is opened here, before the first fram
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Sequence
 
 from edgeseg.config import Config
 from edgeseg.errors import ConfigError
@@ -45,9 +45,9 @@ def build_processor(config: Config, model: Model) -> FrameProcessor:
 
 
 def open_model(config: Config, spin: bool = False) -> Model:
-    if not config.model.path:
-        raise ConfigError("field 'model.path': required (give --model or set it in the config)")
     m = config.model
+    if not m.path:
+        raise ConfigError("field 'model.path': required (give --model or set it in the config)")
     return load_model(m.path, imgsz=m.imgsz, threads=m.threads, device=m.device, spin=spin)
 
 

@@ -12,8 +12,9 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from types import FrameType
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from edgeseg import __version__
 from edgeseg.config import Config, load_config
@@ -179,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="segment a source and write the results", formatter_class=argparse.RawTextHelpFormatter)
+    run = sub.add_parser(
+        "run", help="segment a source and write the results", formatter_class=argparse.RawTextHelpFormatter
+    )
     _add_common(run)
     run.add_argument("--sink", action="append", metavar="KIND:PATH",
                      help="output, repeatable: jsonl:PATH, coco:PATH, video:FILE.mp4 or video:DIR, images:DIR")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from tqdm import tqdm
 
 
 @contextmanager
-def progress_bar(total: int | None, desc: str) -> Iterator[tqdm]:  # type: ignore[type-arg]
+def progress_bar(total: int | None, desc: str) -> Iterator[tqdm]:
     """A tqdm bar of ``total`` steps (unknown when None), closed on exit."""
     bar = tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True, disable=None, leave=False)
     try:

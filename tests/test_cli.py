@@ -153,7 +153,8 @@ def test_eval_bad_input(model_640: Path, val_images: Path, val_annotations: Path
     base = {"--images": str(val_images), "--annotations": str(val_annotations)}
     base.update(dict(zip(args[::2], args[1::2])))
     flat = [x for kv in base.items() for x in kv]
-    _assert_one_line_error(edgeseg("eval", "--model", str(model_640), *flat, "--out", str(tmp_path / "r.json")), expected)
+    proc = edgeseg("eval", "--model", str(model_640), *flat, "--out", str(tmp_path / "r.json"))
+    _assert_one_line_error(proc, expected)
 
 
 def test_bench_reports_stages_fps_and_memory(model_dynamic: Path, three_images: Path) -> None:

@@ -106,7 +106,8 @@ def test_model_with_unexpected_outputs_is_refused(tmp_path: Path) -> None:
     )
     path = tmp_path / "classifier.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
-    with pytest.raises(ModelError, match=r"not a prototype-mask model; expected outputs .* found pooled \[1, 3, 1, 1\]"):
+    expected = r"not a prototype-mask model; expected outputs .* found pooled \[1, 3, 1, 1\]"
+    with pytest.raises(ModelError, match=expected):
         load_model(path)
 
 

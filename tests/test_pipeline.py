@@ -22,7 +22,6 @@ from edgeseg.sources import open_source
 from edgeseg.sources.base import Source, SourceOptions
 from edgeseg.structures import Frame, FrameResult
 
-
 # -- double buffer ------------------------------------------------------------------------------
 
 def test_lossless_buffer_keeps_every_item_in_order_and_never_holds_more_than_two() -> None:

@@ -8,9 +8,10 @@ Runtime path serve as the twin against which the TensorRT path is checked.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Sequence, Union
+from typing import Union
 
 import numpy as np
 import numpy.typing as npt
@@ -59,7 +60,7 @@ class Backend(abc.ABC):
     def infer(self, inputs: npt.NDArray[np.float32]) -> Sequence[npt.NDArray[np.float32]]:
         """Run the network on one NCHW input; outputs in ``info.outputs`` order."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Release the network and its buffers. Idempotent."""
 
     def __enter__(self) -> Backend:

@@ -7,8 +7,9 @@ model is loaded, so ``edgeseg --help`` and the TensorRT path never pay for it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt

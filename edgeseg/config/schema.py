@@ -8,8 +8,9 @@ checked exactly like the file it overrides.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Final, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,7 +28,7 @@ from edgeseg.sinks.base import SinkOptions
 from edgeseg.sources.base import RECONNECT_INITIAL_S, RECONNECT_MAX_S, SourceOptions
 
 #: The configuration format this code reads.
-CONFIG_VERSION = 1
+CONFIG_VERSION: Final = 1
 
 
 class _Strict(BaseModel):

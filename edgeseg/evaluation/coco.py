@@ -122,7 +122,9 @@ def evaluate(config: Config, images: str | Path, annotations: str | Path, out: s
             raise EvalError(f"model {model.spec.name}: none of its class names matches a category of {annotations}")
         unmapped = len(model.spec.class_names) - len(mapping)
         if unmapped:
-            log.warning("%d model classes have no category in %s; their detections are not scored", unmapped, annotations)
+            log.warning(
+                "%d model classes have no category in %s; their detections are not scored", unmapped, annotations
+            )
         image_ids = {str(im["file_name"]): int(im["id"]) for im in present}
         sink = CocoResultsSink(out, image_ids=image_ids, category_ids=mapping)
         source = ImageSource(str(images), [images / str(im["file_name"]) for im in present], config.source_options())

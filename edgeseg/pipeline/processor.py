@@ -9,8 +9,8 @@ postprocesses into a FrameResult. The threaded pipeline and the plain sequential
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import numpy.typing as npt
