@@ -12,12 +12,17 @@ import abc
 from dataclasses import dataclass
 from types import TracebackType
 
+from edgeseg.errors import SourceError
 from edgeseg.structures import Frame
 
 #: First wait before reconnecting a dropped live source, seconds.
 RECONNECT_INITIAL_S = 0.5
 #: Longest wait between reconnection attempts, seconds.
 RECONNECT_MAX_S = 30.0
+#: How long a network stream may take to connect before the attempt counts as failed, seconds.
+OPEN_TIMEOUT_S = 5.0
+#: How long a connected network stream may stall before it counts as dropped, seconds.
+READ_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,12 @@ class SourceOptions:
         reconnect_initial_s: first backoff delay after a live source drops.
         reconnect_max_s: cap of the exponential backoff.
         width, height, fps: requested capture format for cameras (v4l2, csi); 0 = default.
+        open_timeout_s: network streams (rtsp, http): longest wait for a connection.
+        read_timeout_s: network streams: longest stall before the stream counts as dropped.
+
+    A live ``read(timeout)`` never sleeps past ``timeout`` in its own backoff waits, but one
+    call into OpenCV (connect or read) can block up to ``open_timeout_s``/``read_timeout_s``;
+    keep those small where a caller needs short reads.
     """
 
     loop: bool = False
@@ -37,6 +48,25 @@ class SourceOptions:
     width: int = 0
     height: int = 0
     fps: int = 0
+    open_timeout_s: float = OPEN_TIMEOUT_S
+    read_timeout_s: float = READ_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.reconnect_initial_s <= 0 or self.reconnect_max_s < self.reconnect_initial_s:
+            raise SourceError(
+                f"source options: expected 0 < reconnect_initial_s <= reconnect_max_s, got "
+                f"{self.reconnect_initial_s} and {self.reconnect_max_s}"
+            )
+        if min(self.width, self.height, self.fps) < 0:
+            raise SourceError(
+                f"source options: expected width, height, fps >= 0 (0 = camera default), got "
+                f"{self.width}x{self.height}@{self.fps}"
+            )
+        if self.open_timeout_s <= 0 or self.read_timeout_s <= 0:
+            raise SourceError(
+                f"source options: expected positive open/read timeouts, got "
+                f"{self.open_timeout_s} and {self.read_timeout_s}"
+            )
 
 
 class Source(abc.ABC):
@@ -72,7 +102,7 @@ class Source(abc.ABC):
         """Number of unreadable items skipped so far."""
         return 0
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: not every source holds a resource
         """Release the device, stream or file. Idempotent."""
 
     def __enter__(self) -> Source:
