@@ -92,7 +92,7 @@ class FrameProcessor:
         )
         t1 = time.perf_counter()
         work.latency_ms["decode"] = (t1 - t0) * 1e3
-        instances = self.postprocessor(candidates, work.letterbox)
+        instances = self.postprocessor(candidates, work.letterbox, settings)
         work.latency_ms["postprocess"] = _ms_since(t1)
         work.outputs = ()
         return FrameResult(
