@@ -16,6 +16,7 @@ from edgeseg.config import Config
 from edgeseg.errors import ConfigError
 from edgeseg.model import Model, load_model
 from edgeseg.pipeline.processor import FrameProcessor
+from edgeseg.pipeline.runner import Pipeline, ResultCallback
 from edgeseg.postprocess import Postprocessor
 from edgeseg.sinks import create_sink
 from edgeseg.sinks.base import Sink
@@ -41,7 +42,29 @@ class Runtime:
 
 def build_processor(config: Config, model: Model) -> FrameProcessor:
     """The per-frame work for ``model`` with the configured postprocessing."""
-    return FrameProcessor(model, Postprocessor(config.postprocess.settings(), model.spec.class_names))
+    return FrameProcessor(
+        model,
+        Postprocessor(config.postprocess.settings(), model.spec.class_names),
+        inference_workers=config.pipeline.inference_workers,
+    )
+
+
+def build_pipeline(
+    config: Config,
+    source: Source,
+    processor: FrameProcessor,
+    sinks: Sequence[Sink],
+    on_result: ResultCallback | None = None,
+) -> Pipeline:
+    """The threaded pipeline with the configured frame limit, priorities and workers."""
+    p = config.pipeline
+    return Pipeline(
+        source, processor, sinks,
+        max_frames=p.max_frames,
+        inference_priority=p.inference_priority,
+        on_result=on_result,
+        inference_workers=p.inference_workers,
+    )
 
 
 def open_model(config: Config, spin: bool = False) -> Model:

@@ -40,7 +40,8 @@ def _add_common(p: argparse.ArgumentParser, *, source: bool = True) -> None:
     p.add_argument("--nms", choices=["gaussian", "linear", "hard"], help="Soft-NMS kind or hard NMS")
     p.add_argument("--iou", type=float, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, help="most instances per frame")
-    p.add_argument("--threads", type=int, help="inference threads (0: all cores)")
+    p.add_argument("--threads", type=int, help="threads per inference (0: all cores)")
+    p.add_argument("--inference-workers", type=int, help="frames inferred concurrently (default 1)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
 
@@ -53,6 +54,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "conf": ("postprocess", "conf_threshold"), "nms": ("postprocess", "nms"),
         "iou": ("postprocess", "iou_threshold"), "max_det": ("postprocess", "max_detections"),
         "mask_format": ("output", "mask_format"), "max_frames": ("pipeline", "max_frames"),
+        "inference_workers": ("pipeline", "inference_workers"),
     }
     out: dict[str, Any] = {}
     for flag, (section, key) in table.items():
@@ -105,8 +107,7 @@ class _StopOnSignal:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edgeseg.app import build_runtime
-    from edgeseg.pipeline.runner import Pipeline
+    from edgeseg.app import build_pipeline, build_runtime
     from edgeseg.progress import progress_bar
 
     config = _load(args)
@@ -116,11 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if config.pipeline.max_frames:
             total = min(total or config.pipeline.max_frames, config.pipeline.max_frames)
         with progress_bar(total, "run") as bar:
-            pipeline = Pipeline(
-                runtime.source, runtime.processor, runtime.sinks,
-                max_frames=config.pipeline.max_frames,
-                inference_priority=config.pipeline.inference_priority,
-                on_result=lambda _r: bar.update(1),
+            pipeline = build_pipeline(
+                config, runtime.source, runtime.processor, runtime.sinks, on_result=lambda _r: bar.update(1)
             )
             stopper = _StopOnSignal(pipeline.stop)
             try:

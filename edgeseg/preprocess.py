@@ -75,9 +75,18 @@ class Preprocessor:
 
         Returns None when every pooled tensor is in use for longer than ``timeout``.
         """
-        tensor = self.pool(input_size).acquire(timeout)
+        tensor = self.acquire(input_size, timeout)
         if tensor is None:
             return None
+        return tensor, self.fill(image, tensor)
+
+    def acquire(self, input_size: tuple[int, int], timeout: float | None = None) -> Tensor | None:
+        """A free pooled tensor of ``input_size``; waiting here is back-pressure, not work."""
+        return self.pool(input_size).acquire(timeout)  # type: ignore[return-value]
+
+    def fill(self, image: ImageArray, tensor: Tensor) -> Letterbox:
+        """Letterbox ``image`` into ``tensor`` (from ``acquire``) and return the geometry."""
+        input_size = (tensor.shape[2], tensor.shape[3])
         c = self._canvas((image.shape[0], image.shape[1]), input_size)
         lb = c.letterbox
         rh, rw = lb.resized
@@ -94,7 +103,7 @@ class Preprocessor:
         else:
             np.multiply(chw, self._mul, out=out, casting="unsafe")
             np.subtract(out, self._sub, out=out)
-        return tensor, lb  # type: ignore[return-value]
+        return lb
 
     def release(self, tensor: Tensor) -> None:
         """Give a tensor from ``__call__`` back to its pool."""

@@ -14,8 +14,8 @@ so a crop holds the whole mask at a fraction of the memory of a full-frame array
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import numpy.typing as npt

@@ -184,6 +184,19 @@ def test_pipeline_and_sequential_loop_give_the_same_instances(model: Model, imag
         np.testing.assert_allclose(a.instances.boxes, b.instances.boxes, atol=1e-3)
 
 
+def test_parallel_inference_workers_keep_frame_order(model: Model, images: Path) -> None:
+    piped, seq = ListSink(), ListSink()
+    with open_source(str(images), SourceOptions(loop=True)) as source:
+        processor = FrameProcessor(model, Postprocessor(PostprocessSettings(), model.spec.class_names),
+                                   inference_workers=3)
+        Pipeline(source, processor, [piped], max_frames=14, inference_workers=3).run()
+    with open_source(str(images), SourceOptions(loop=True)) as source:
+        run_sequential(source, _processor(model), [seq], max_frames=14)
+    assert [r.frame.frame_id for r in piped.results] == list(range(14))
+    for a, b in zip(piped.results, seq.results):
+        np.testing.assert_array_equal(a.instances.class_ids, b.instances.class_ids)
+
+
 def test_live_source_keeps_newest_and_counts_drops(model: Model, images: Path) -> None:
     import cv2
 

@@ -100,6 +100,11 @@ class OutputConfig(_Strict):
 
 class PipelineConfig(_Strict):
     inference_priority: bool = Field(True, description="give the inference thread the highest priority allowed")
+    inference_workers: int = Field(
+        1, ge=1, le=8,
+        description="inference threads running frames concurrently (use with model.threads so that "
+        "workers x threads matches the cores)",
+    )
     max_frames: int = Field(0, ge=0, description="stop after this many frames; 0 = until the source ends")
 
 

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeseg.app import build_processor, open_model
+from edgeseg.app import build_pipeline, build_processor, open_model
 from edgeseg.config import Config
 from edgeseg.errors import EvalError
-from edgeseg.pipeline.runner import Pipeline
 from edgeseg.progress import progress_bar
 from edgeseg.sinks.coco import CocoResultsSink
 from edgeseg.sources.images import ImageSource
@@ -130,8 +129,7 @@ def evaluate(config: Config, images: str | Path, annotations: str | Path, out: s
         source = ImageSource(str(images), [images / str(im["file_name"]) for im in present], config.source_options())
         processor = build_processor(config, model)
         with progress_bar(len(present), "eval") as bar:
-            pipeline = Pipeline(source, processor, [sink], on_result=lambda _r: bar.update(1))
-            pipeline.run()
+            build_pipeline(config, source, processor, [sink], on_result=lambda _r: bar.update(1)).run()
         sink.close()
         source.close()
     finally:

@@ -36,6 +36,8 @@ class Work:
     tensor: Tensor | None
     outputs: Sequence[npt.NDArray[np.float32]] = ()
     latency_ms: dict[str, float] = field(default_factory=dict)
+    #: Order in which an inference worker took the frame (restores order after parallel workers).
+    seq: int = -1
 
 
 class FrameProcessor:
@@ -45,20 +47,30 @@ class FrameProcessor:
     the size it was prepared with.
     """
 
-    def __init__(self, model: Model, postprocessor: Postprocessor, preprocessor: Preprocessor | None = None):
+    def __init__(
+        self,
+        model: Model,
+        postprocessor: Postprocessor,
+        preprocessor: Preprocessor | None = None,
+        inference_workers: int = 1,
+    ):
         self.model = model
         self.spec = model.spec
         self.postprocessor = postprocessor
-        self.preprocessor = preprocessor or Preprocessor(model.spec.normalization)
+        # Tensors in flight: one being filled, two in the double buffer, one per inference worker.
+        self.preprocessor = preprocessor or Preprocessor(model.spec.normalization, pool_size=3 + inference_workers)
         self.input_size = model.spec.input_size
 
     def prepare(self, frame: Frame, timeout: float | None = None) -> Work | None:
-        """Letterbox ``frame`` into a pooled tensor; None if no pooled tensor freed in time."""
-        t0 = time.perf_counter()
-        prepared = self.preprocessor(frame.image, self.input_size, timeout)
-        if prepared is None:
+        """Letterbox ``frame`` into a pooled tensor; None if no pooled tensor freed in time.
+
+        The wait for a free tensor is back-pressure from downstream and is not timed.
+        """
+        tensor = self.preprocessor.acquire(self.input_size, timeout)
+        if tensor is None:
             return None
-        tensor, letterbox = prepared
+        t0 = time.perf_counter()
+        letterbox = self.preprocessor.fill(frame.image, tensor)
         return Work(frame, letterbox, tensor, latency_ms={"preprocess": _ms_since(t0)})
 
     def release(self, work: Work) -> None:

@@ -3,6 +3,11 @@
     source ─► [capture: read + preprocess] ═► [inference: backend] ═► [output: decode +
     postprocess + sinks]          (═► is a DoubleBuffer)
 
+The inference stage may run several workers (``inference_workers``), each with its own share of
+the backend (ONNX Runtime sessions are safe to call from several threads; TensorRT gets one
+execution context per worker), so that one frame's inference overlaps the next. The output
+thread puts their results back into the order in which the workers took the frames.
+
 Live sources feed the first buffer in newest-only mode (drops counted); files and folders, and
 the second buffer always, are lossless. ``stop()`` ends capture; the frames already in flight
 are inferred, written and flushed before ``join`` returns, which is what SIGINT/SIGTERM call.
@@ -14,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -75,8 +80,10 @@ class Pipeline:
         processor: the per-frame work.
         sinks: where results go, in order.
         max_frames: stop capturing after this many frames (0: until the source ends).
-        inference_priority: raise the inference thread and lower the other two.
+        inference_priority: raise the inference threads and lower the other two.
         on_result: called in the output thread after the sinks, for every result.
+        inference_workers: threads running the backend concurrently (1 keeps the classic
+            three-thread pipeline).
     """
 
     def __init__(
@@ -87,7 +94,10 @@ class Pipeline:
         max_frames: int = 0,
         inference_priority: bool = True,
         on_result: ResultCallback | None = None,
+        inference_workers: int = 1,
     ):
+        if inference_workers < 1:
+            raise ValueError("inference_workers must be >= 1")
         self.source = source
         self.processor = processor
         self.sinks = list(sinks)
@@ -101,9 +111,16 @@ class Pipeline:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._failed_sinks: set[int] = set()
+        self._take_lock = threading.Lock()
+        self._next_seq = 0
+        self._workers_left = inference_workers
         self._threads = [
             threading.Thread(target=self._guard, args=(self._capture_loop,), name="edgeseg-capture", daemon=True),
-            threading.Thread(target=self._guard, args=(self._inference_loop,), name="edgeseg-inference", daemon=True),
+            *(
+                threading.Thread(target=self._guard, args=(self._inference_loop,), name=f"edgeseg-inference-{i}",
+                                 daemon=True)
+                for i in range(inference_workers)
+            ),
             threading.Thread(target=self._guard, args=(self._output_loop,), name="edgeseg-output", daemon=True),
         ]
 
@@ -189,27 +206,48 @@ class Pipeline:
                 return work
         return None
 
+    def _take(self) -> Work | None:
+        """The next frame for an inference worker, numbered in the order workers take them."""
+        with self._take_lock:
+            work = self._to_infer.get()
+            if work is not None:
+                work.seq = self._next_seq
+                self._next_seq += 1
+            return work
+
     def _inference_loop(self) -> None:
         if self.inference_priority:
             priority.raise_current_thread()
         try:
             while True:
-                work = self._to_infer.get()
+                work = self._take()
                 if work is None:
                     return
                 self.processor.infer(work)
                 if not self._to_output.put(work):
                     return
         finally:
-            self._to_output.close()
+            with self._take_lock:
+                self._workers_left -= 1
+                last = self._workers_left == 0
+            if last:
+                self._to_output.close()
+
+    def _in_order(self) -> Iterator[Work]:
+        """Inferred frames in the order the workers took them (at most workers - 1 held back)."""
+        pending: dict[int, Work] = {}
+        expected = 0
+        while (work := self._to_output.get()) is not None:
+            pending[work.seq] = work
+            while expected in pending:
+                yield pending.pop(expected)
+                expected += 1
+        yield from (pending[k] for k in sorted(pending))  # only after a failure left a gap
 
     def _output_loop(self) -> None:
         if self.inference_priority:
             priority.lower_current_thread()
-        while True:
-            work = self._to_output.get()
-            if work is None:
-                return
+        for work in self._in_order():
             result = self.processor.finish(work)
             t0 = time.perf_counter()
             write_to_sinks(result, self.sinks, self._failed_sinks, self.counters)
