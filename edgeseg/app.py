@@ -22,6 +22,7 @@ from edgeseg.sinks import create_sink
 from edgeseg.sinks.base import Sink
 from edgeseg.sources import open_source
 from edgeseg.sources.base import Source
+from edgeseg.sources.uri import mask_credentials
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def build_runtime(config: Config, extra_sinks: Sequence[Sink] = (), spin: bool =
         log.info(
             "model %s (%s, %dx%d, %d classes) on %s; source %s",
             model.spec.name, model.spec.family, model.spec.input_size[1], model.spec.input_size[0],
-            model.spec.num_classes, model.backend.info.provider, config.source.uri,
+            model.spec.num_classes, model.backend.info.provider, mask_credentials(config.source.uri),
         )
         return Runtime(model, processor, source, sinks, stack.pop_all())
     raise AssertionError("unreachable")  # pragma: no cover

@@ -23,6 +23,7 @@ from edgeseg.pipeline.runner import run_sequential
 from edgeseg.pipeline.stats import STAGES, THREAD_OF_STAGE
 from edgeseg.progress import progress_bar
 from edgeseg.sources import open_source
+from edgeseg.sources.uri import mask_credentials
 from edgeseg.structures import FrameResult
 
 #: Frame at which the resident set is sampled for the leak check (growth from here to the end).
@@ -197,7 +198,7 @@ def run_bench(config: Config, frames: int, warmup: int = 5, sequential: bool = T
             model=spec.name,
             provider=runtime.model.backend.info.provider,
             input_size=runtime.processor.input_size,
-            source=config.source.uri or "",
+            source=mask_credentials(config.source.uri or ""),
             frames=counters.processed,
             stages=recorder.stages(),
             threads=recorder.threads(),

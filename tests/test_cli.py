@@ -180,3 +180,26 @@ def test_runtime_never_imports_torch() -> None:
     env = dict(os.environ)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_unreachable_rtsp_keeps_the_run_alive_until_sigterm(model_640: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("source:\n  reconnect_initial_s: 0.1\n  reconnect_max_s: 0.4\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeseg", "run", "--config", str(cfg), "--model", str(model_640),
+         "--source", f"rtsp://user:secret@127.0.0.1:{port}/cam"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    time.sleep(4)
+    assert proc.poll() is None, "the run ended although a live source only dropped"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "secret" not in stderr
+    assert f"127.0.0.1:{port}" in stderr  # the reconnect attempts are logged, naming the URI
+    assert stdout.startswith("run: 0 frames")

@@ -26,6 +26,7 @@ import numpy as np
 from edgeseg.errors import SourceError
 from edgeseg.sources.base import Source, SourceOptions
 from edgeseg.sources.images import to_bgr8
+from edgeseg.sources.opencv_logs import quiet_opencv_logs
 from edgeseg.sources.uri import mask_credentials, split_scheme
 from edgeseg.structures import Frame
 
@@ -82,6 +83,7 @@ class LiveSource(Source):
 
     def __init__(self, uri: str, options: SourceOptions) -> None:
         """Nothing is opened here: the first ``read`` connects, within its own timeout."""
+        quiet_opencv_logs()
         self.uri = uri
         self._safe_uri = mask_credentials(uri)
         self._options = options

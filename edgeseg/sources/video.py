@@ -17,6 +17,7 @@ import cv2
 from edgeseg.errors import SourceError
 from edgeseg.sources.base import Source, SourceOptions
 from edgeseg.sources.images import to_bgr8
+from edgeseg.sources.opencv_logs import quiet_opencv_logs
 from edgeseg.sources.uri import mask_credentials
 from edgeseg.structures import Frame, ImageArray
 
@@ -33,6 +34,7 @@ class VideoFileSource(Source):
 
     def __init__(self, uri: str, path: Path, options: SourceOptions) -> None:
         """Open ``path`` and decode its first frame; ``SourceError`` if either fails."""
+        quiet_opencv_logs()
         self.uri = uri
         self._safe_uri = mask_credentials(uri)
         self._path = path
