@@ -16,6 +16,14 @@ VAL_ANNOTATIONS = REALDATA / "coco_val2017_subset" / "instances_val2017_subset.j
 TRAIN_IMAGES = REALDATA / "coco_train2017_subset" / "images"
 
 
+def copy_images(source: Path, folder: Path, count: int) -> Path:
+    """The first ``count`` images of ``source`` copied into ``folder`` (tests may damage the copies)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in sorted(source.glob("*.jpg"))[:count]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    return folder
+
+
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real test material missing: {path} (expected ../shared/realdata)")

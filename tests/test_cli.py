@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from conftest import copy_images
 
 from edgeseg.sinks.serialize import load_schema
 
@@ -34,11 +35,7 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess[str], expected: str
 
 @pytest.fixture()
 def three_images(val_images: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for p in sorted(val_images.glob("*.jpg"))[:3]:
-        (folder / p.name).write_bytes(p.read_bytes())
-    return folder
+    return copy_images(val_images, tmp_path / "imgs", 3)
 
 
 @pytest.mark.parametrize(

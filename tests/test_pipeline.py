@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_images
 
 from edgeseg.errors import SinkError
 from edgeseg.model import Model, load_model
@@ -154,11 +155,7 @@ def _processor(model: Model) -> FrameProcessor:
 
 @pytest.fixture()
 def images(val_images: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for p in sorted(val_images.glob("*.jpg"))[:6]:
-        (folder / p.name).write_bytes(p.read_bytes())
-    return folder
+    return copy_images(val_images, tmp_path / "imgs", 6)
 
 
 def test_files_are_processed_losslessly_in_order(model: Model, images: Path) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Union
 
 import numpy as np
 import numpy.typing as npt
+
+from edgeseg.resources import Closeable
 
 #: A tensor dimension: an int, or a name/None where the model leaves it dynamic.
 Dim = Union[int, str, None]
@@ -51,7 +52,7 @@ class NetworkInfo:
     provider: str = ""
 
 
-class Backend(abc.ABC):
+class Backend(Closeable, abc.ABC):
     """A loaded network that maps input arrays to output arrays."""
 
     info: NetworkInfo
@@ -60,13 +61,5 @@ class Backend(abc.ABC):
     def infer(self, inputs: npt.NDArray[np.float32]) -> Sequence[npt.NDArray[np.float32]]:
         """Run the network on one NCHW input; outputs in ``info.outputs`` order."""
 
-    def close(self) -> None:  # noqa: B027 (optional hook, not abstract)
+    def close(self) -> None:
         """Release the network and its buffers. Idempotent."""
-
-    def __enter__(self) -> Backend:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Literal
 
+from edgeseg.resources import Closeable
 from edgeseg.structures import FrameResult
 
 MaskFormat = Literal["rle", "polygon", "none"]
@@ -25,20 +25,12 @@ class SinkOptions:
     fps: float = 25.0
 
 
-class Sink(abc.ABC):
+class Sink(Closeable, abc.ABC):
     """A destination for frame results."""
 
     @abc.abstractmethod
     def write(self, result: FrameResult) -> None:
         """Consume one frame result. Raises ``SinkError`` if it cannot be written."""
 
-    def close(self) -> None:  # noqa: B027 - a no-op default for sinks that hold nothing open
+    def close(self) -> None:
         """Flush and release. Idempotent; called once the last frame has been written."""
-
-    def __enter__(self) -> Sink:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from types import TracebackType
 
 from edgeseg.errors import SourceError
+from edgeseg.resources import Closeable
 from edgeseg.structures import Frame
 
 #: First wait before reconnecting a dropped live source, seconds.
@@ -69,7 +69,7 @@ class SourceOptions:
             )
 
 
-class Source(abc.ABC):
+class Source(Closeable, abc.ABC):
     """A stream of frames from one URI."""
 
     #: The URI this source reads, as given by the user.
@@ -102,13 +102,5 @@ class Source(abc.ABC):
         """Number of unreadable items skipped so far."""
         return 0
 
-    def close(self) -> None:  # noqa: B027 - optional: not every source holds a resource
+    def close(self) -> None:
         """Release the device, stream or file. Idempotent."""
-
-    def __enter__(self) -> Source:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
