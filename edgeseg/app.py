@@ -72,7 +72,10 @@ def open_model(config: Config, spin: bool = False) -> Model:
     m = config.model
     if not m.path:
         raise ConfigError("field 'model.path': required (give --model or set it in the config)")
-    return load_model(m.path, imgsz=m.imgsz, threads=m.threads, device=m.device, spin=spin)
+    return load_model(
+        m.path, imgsz=m.imgsz, threads=m.threads, device=m.device, spin=spin, precision=m.precision,
+        workers=config.pipeline.inference_workers,
+    )
 
 
 def build_runtime(config: Config, extra_sinks: Sequence[Sink] = (), spin: bool = False) -> Runtime:

@@ -13,12 +13,14 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
 
 from edgeseg import __version__
 from edgeseg.config import Config, load_config
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, ExportError
+from edgeseg.sources.uri import mask_credentials
 
 log = logging.getLogger("edgeseg")
 
@@ -43,6 +45,7 @@ def _add_common(p: argparse.ArgumentParser, *, source: bool = True) -> None:
     p.add_argument("--threads", type=int, help="threads per inference (0: all cores)")
     p.add_argument("--inference-workers", type=int, help="frames inferred concurrently (default 1)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"], help="engine precision of a bundle")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
 
 
@@ -50,7 +53,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Flags that were given, as a nested document to lay over the config file."""
     table: dict[str, tuple[str, str]] = {
         "model": ("model", "path"), "imgsz": ("model", "imgsz"), "threads": ("model", "threads"),
-        "device": ("model", "device"), "source": ("source", "uri"), "loop": ("source", "loop"),
+        "device": ("model", "device"), "precision": ("model", "precision"),
+        "source": ("source", "uri"), "loop": ("source", "loop"),
         "conf": ("postprocess", "conf_threshold"), "nms": ("postprocess", "nms"),
         "iou": ("postprocess", "iou_threshold"), "max_det": ("postprocess", "max_detections"),
         "mask_format": ("output", "mask_format"), "max_frames": ("pipeline", "max_frames"),
@@ -169,6 +173,45 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level or "info")
+    try:
+        from export.pipeline import export_bundle, parse_precisions, parse_resolutions
+        from export.recipe import build_options
+    except ImportError as exc:  # the export stage's own dependencies are an extra
+        raise ExportError(
+            f"the export stage needs its extra dependencies ({exc.name} is missing): pip install 'edgeseg[export]'"
+        ) from None
+
+    overrides = {
+        "model": args.model, "out": args.out,
+        "resolutions": list(parse_resolutions(args.resolutions)) if args.resolutions else None,
+        "precision": list(parse_precisions(args.precision)) if args.precision else None,
+        "calibration": args.calibration, "calibration_limit": args.calibration_limit,
+        "val_images": args.val_images, "val_annotations": args.val_annotations,
+        "threads": args.threads, "latency_runs": args.latency_runs,
+    }
+    result = export_bundle(build_options(args.recipe, overrides))
+    engines = result.manifest.engines
+    sizes = sorted({max(e.resolution) for e in engines})
+    print(
+        f"export: bundle {result.bundle} with {len(engines)} engines at {','.join(map(str, sizes))} "
+        f"({', '.join(sorted({e.runtime + ' ' + e.precision for e in engines}))}); report {result.report}"
+    )
+    return EXIT_OK
+
+
+def cmd_calibration_collect(args: argparse.Namespace) -> int:
+    from edgeseg.calibration import collect_frames
+    from edgeseg.sources.base import SourceOptions
+
+    _configure_logging(args.log_level or "info")
+    written = collect_frames(args.source, args.count, Path(args.out), interval_s=args.interval,
+                             options=SourceOptions())
+    print(f"calibration: wrote {written} frames from {mask_credentials(args.source)} to {args.out}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeseg",
@@ -204,6 +247,31 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sink", action="append", metavar="KIND:PATH", help="also write to these sinks")
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(func=cmd_bench)
+
+    ex = sub.add_parser("export", help="build an engine bundle from an ONNX model (needs edgeseg[export])")
+    ex.add_argument("--recipe", metavar="FILE", help="YAML recipe holding the flags below (flags override it)")
+    ex.add_argument("--model", metavar="MODEL.onnx", help="prototype-mask ONNX model")
+    ex.add_argument("--out", metavar="engines/NAME", help="bundle directory to write")
+    ex.add_argument("--resolutions", metavar="LIST", help="e.g. 320,416,512,640 (dynamic models)")
+    ex.add_argument("--precision", metavar="LIST", help="fp32, fp16, int8 (default fp16,int8)")
+    ex.add_argument("--calibration", metavar="DIR", help="calibration images for int8")
+    ex.add_argument("--calibration-limit", type=int, metavar="N", help="use at most N calibration images")
+    ex.add_argument("--val-images", metavar="DIR", help="annotated images for accuracy in the report")
+    ex.add_argument("--val-annotations", metavar="COCO.json", help="their COCO instances json")
+    ex.add_argument("--threads", type=int, help="ONNX Runtime threads for measurements")
+    ex.add_argument("--latency-runs", type=int, help="timed inferences per engine (default 20)")
+    ex.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
+    ex.set_defaults(func=cmd_export)
+
+    cal = sub.add_parser("calibration", help="calibration images for int8 export")
+    cal_sub = cal.add_subparsers(dest="action", required=True, metavar="ACTION")
+    collect = cal_sub.add_parser("collect", help="save N frames spread over a source into a folder")
+    collect.add_argument("--source", required=True, metavar="URI", help="any source URI (camera, stream, file, folder)")
+    collect.add_argument("--count", type=int, default=100, help="frames to save (default 100)")
+    collect.add_argument("--out", required=True, metavar="DIR", help="folder to write calib_NNNNNN.jpg into")
+    collect.add_argument("--interval", type=float, default=1.0, help="seconds between frames of a live source")
+    collect.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
+    collect.set_defaults(func=cmd_calibration_collect)
     return parser
 
 

@@ -32,3 +32,11 @@ class SinkError(EdgesegError):
 
 class EvalError(EdgesegError):
     """An evaluation input (images, annotations) is missing or inconsistent."""
+
+
+class BundleError(EdgesegError):
+    """An engine bundle is malformed, tampered with, or not compatible with this device."""
+
+
+class ExportError(EdgesegError):
+    """An export input (model, calibration images, options) is unusable, or a build failed."""

@@ -12,12 +12,16 @@ from __future__ import annotations
 import ast
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from edgeseg.backends.base import Backend, NetworkInfo, TensorInfo
-from edgeseg.errors import ConfigError, ModelError
+from edgeseg.bundle.device import probe_device
+from edgeseg.bundle.manifest import EngineRecord, Manifest, ModelRecord, is_bundle, load_manifest
+from edgeseg.bundle.select import PrecisionChoice, select_engine
+from edgeseg.bundle.verify import file_problem
+from edgeseg.errors import BundleError, ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +89,12 @@ class ModelSpec:
 
 @dataclass
 class Model:
-    """A loaded backend and its spec."""
+    """A loaded backend and its spec; for a bundle, also the engine chosen and its manifest."""
 
     spec: ModelSpec
     backend: Backend
+    engine: EngineRecord | None = None
+    bundle: Manifest | None = None
 
     def close(self) -> None:
         self.backend.close()
@@ -205,19 +211,78 @@ def spec_from_network(info: NetworkInfo, name: str, imgsz: int | None = None) ->
     )
 
 
-def load_model(
-    path: str | Path, imgsz: int | None = None, threads: int = 0, device: str = "auto", spin: bool = False
+def bundle_metadata(m: ModelRecord) -> dict[str, str]:
+    """A manifest's model record in the metadata keys ``spec_from_network`` reads.
+
+    For a bundle the manifest is the source of truth (a TensorRT plan carries no metadata).
+    """
+    return {
+        "names": json.dumps(m.class_names),
+        "stride": str(m.stride),
+        "edgeseg.family": m.family,
+        "edgeseg.normalization": json.dumps(m.normalization.model_dump(mode="json")),
+    }
+
+
+def _load_bundle(
+    path: Path, imgsz: int | None, threads: int, device: str, spin: bool, precision: PrecisionChoice, workers: int
 ) -> Model:
-    """Open ``path`` (an .onnx file) on the best available backend and check its layout."""
+    """Pick the bundle's engine for this device and resolution, check it, and load it."""
+    manifest = load_manifest(path)
+    here = probe_device()
+    engine = select_engine(manifest, here, imgsz, precision)
+    problem = file_problem(path, engine.file, engine.sha256, engine.bytes)
+    if problem is not None:
+        raise BundleError(f"bundle {path}: {problem}; refusing to load it (re-flash the bundle)")
+    meta = bundle_metadata(manifest.model)
+    file = path / engine.file
+    backend: Backend
+    if engine.runtime == "tensorrt":
+        from edgeseg.backends.tensorrt import TensorRTBackend  # lazy: imports tensorrt, pycuda
+
+        backend = TensorRTBackend(file, resolution=engine.resolution, metadata=meta, contexts=max(2, workers))
+    else:
+        from edgeseg.backends.onnxruntime import OnnxRuntimeBackend  # lazy: imports onnxruntime
+
+        backend = OnnxRuntimeBackend(file, threads=threads, device=device, spin=spin)  # type: ignore[arg-type]
+        backend.info = replace(backend.info, metadata={**backend.info.metadata, **meta})
+    try:
+        spec = spec_from_network(backend.info, manifest.name, max(engine.resolution))
+    except Exception:
+        backend.close()
+        raise
+    log.info("bundle %s: %s engine %s (%s, %dx%d) on %s", manifest.name, engine.runtime, engine.file,
+             engine.precision, engine.resolution[1], engine.resolution[0], here.describe())
+    return Model(spec, backend, engine=engine, bundle=manifest)
+
+
+def load_model(
+    path: str | Path,
+    imgsz: int | None = None,
+    threads: int = 0,
+    device: str = "auto",
+    spin: bool = False,
+    precision: PrecisionChoice = "auto",
+    workers: int = 1,
+) -> Model:
+    """Open ``path`` (an .onnx file or an engine bundle directory) and check its layout.
+
+    For a bundle, ``imgsz`` and ``precision`` choose the engine (the largest resolution and the
+    fastest precision when not given); for an ONNX file, ``imgsz`` sizes a dynamic input.
+    """
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
-    if path.suffix.lower() != ".onnx":
-        raise ModelError(f"model {path}: expected an .onnx file")
-    from edgeseg.backends.onnxruntime import OnnxRuntimeBackend  # lazy: imports onnxruntime
-
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device {device!r}: expected auto, cpu or cuda")
+    if path.is_dir():
+        if not is_bundle(path):
+            raise ModelError(f"model {path}: a directory but not an engine bundle (no manifest.json)")
+        return _load_bundle(path, imgsz, threads, device, spin, precision, workers)
+    if path.suffix.lower() != ".onnx":
+        raise ModelError(f"model {path}: expected an .onnx file or an engine bundle directory")
+    from edgeseg.backends.onnxruntime import OnnxRuntimeBackend  # lazy: imports onnxruntime
+
     backend = OnnxRuntimeBackend(path, threads=threads, device=device, spin=spin)  # type: ignore[arg-type]
     try:
         spec = spec_from_network(backend.info, path.stem, imgsz)

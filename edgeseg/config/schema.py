@@ -43,6 +43,9 @@ class ModelConfig(_Strict):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where ONNX Runtime runs")
     threads: int = Field(0, ge=0, le=256, description="inference threads; 0 = every physical core")
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        "auto", description="engine precision to pick from a bundle; auto = fastest measured"
+    )
 
 
 class SourceConfig(_Strict):

@@ -20,6 +20,7 @@ from typing import Any
 from edgeseg.app import build_pipeline, build_processor, open_model
 from edgeseg.config import Config
 from edgeseg.errors import EvalError
+from edgeseg.model import Model
 from edgeseg.progress import progress_bar
 from edgeseg.sinks.coco import CocoResultsSink
 from edgeseg.sources.images import ImageSource
@@ -100,8 +101,15 @@ def _score(gt: Any, results: list[dict[str, Any]], task: str, image_ids: list[in
     return float(ev.stats[0]), float(ev.stats[1])
 
 
-def evaluate(config: Config, images: str | Path, annotations: str | Path, out: str | Path) -> EvalReport:
-    """Run the model of ``config`` over the annotated images and score the results."""
+def evaluate(
+    config: Config,
+    images: str | Path,
+    annotations: str | Path,
+    out: str | Path,
+    model: Model | None = None,
+    progress: bool = True,
+) -> EvalReport:
+    """Run the model of ``config`` (or an already loaded ``model``) over the images and score it."""
     images, annotations = Path(images), Path(annotations)
     if not images.is_dir():
         raise EvalError(f"images folder not found: {images}")
@@ -114,7 +122,8 @@ def evaluate(config: Config, images: str | Path, annotations: str | Path, out: s
         log.warning("%d of %d annotated images are missing from %s; scoring the %d present",
                     len(entries) - len(present), len(entries), images, len(present))
 
-    model = open_model(config)
+    owned = model is None
+    model = open_model(config) if model is None else model
     try:
         mapping = category_mapping(model.spec.class_names, gt.dataset["categories"])
         if not mapping:
@@ -128,12 +137,13 @@ def evaluate(config: Config, images: str | Path, annotations: str | Path, out: s
         sink = CocoResultsSink(out, image_ids=image_ids, category_ids=mapping)
         source = ImageSource(str(images), [images / str(im["file_name"]) for im in present], config.source_options())
         processor = build_processor(config, model)
-        with progress_bar(len(present), "eval") as bar:
+        with progress_bar(len(present) if progress else 0, "eval") as bar:
             build_pipeline(config, source, processor, [sink], on_result=lambda _r: bar.update(1)).run()
         sink.close()
         source.close()
     finally:
-        model.close()
+        if owned:
+            model.close()
     ids = list(image_ids.values())
     box = _score(gt, sink.results, "bbox", ids)
     mask = _score(gt, sink.results, "segm", ids)

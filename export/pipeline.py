@@ -1,0 +1,288 @@
+"""``edgeseg export``: from an ONNX model to a flashable engine bundle.
+
+    model.onnx ─► per resolution: pin shape ─► simplify + fold BN ─► check vs source ─► fp32.onnx
+                                    │                                   ├─► Q/DQ int8.onnx (TensorRT form)
+                                    │                                   └─► QOperator int8.onnx (CPU form)
+                                    └─► TensorRT present: fp16 / int8 .engine from those ONNX files
+    every file ─► latency here (+ accuracy on a validation set) ─► manifest.json + report.md
+
+Everything that can be refused (model, resolutions, precisions, calibration and validation
+folders) is checked before the first long step; the bundle is staged and only moved into place
+once complete (BundleWriter).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from edgeseg.backends.base import Backend
+from edgeseg.bundle.manifest import (
+    BuilderRecord,
+    EngineRecord,
+    Manifest,
+    ModelRecord,
+    NormalizationRecord,
+    Quantization,
+)
+from edgeseg.bundle.verify import sha256_file
+from edgeseg.errors import ExportError
+from edgeseg.model import MAX_INPUT_SIZE, MIN_INPUT_SIZE, Model, ModelSpec, bundle_metadata, spec_from_network
+from export import onnx_prep
+from export.bundle_writer import BundleWriter
+from export.measure import measure_accuracy, measure_latency
+from export.report import write_report
+
+log = logging.getLogger(__name__)
+
+ExportPrecision = Literal["fp32", "fp16", "int8"]
+PRECISIONS: tuple[ExportPrecision, ...] = ("fp32", "fp16", "int8")
+#: Resolutions exported from a dynamic model when none are requested (the picker's ladder).
+DEFAULT_RESOLUTIONS = (320, 416, 512, 640)
+DEFAULT_PRECISIONS: tuple[ExportPrecision, ...] = ("fp16", "int8")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export; mirrors the command's flags and the recipe file's keys."""
+
+    model: Path
+    out: Path
+    resolutions: tuple[int, ...] = ()
+    precisions: tuple[ExportPrecision, ...] = DEFAULT_PRECISIONS
+    calibration: Path | None = None
+    calibration_limit: int = 0
+    val_images: Path | None = None
+    val_annotations: Path | None = None
+    workspace_mib: int = 1024
+    threads: int = 0
+    latency_runs: int = 20
+    progress: bool = True
+
+
+@dataclass
+class ExportResult:
+    manifest: Manifest
+    bundle: Path
+    report: Path
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Validated inputs: what will be built, decided before any long step runs."""
+
+    source: onnx_prep.SourceModel
+    sizes: tuple[int, ...]
+    precisions: tuple[ExportPrecision, ...]
+    calibration_images: tuple[Path, ...]
+    tensorrt: bool
+    notes: tuple[str, ...]
+
+
+def parse_precisions(text: str | Sequence[str]) -> tuple[ExportPrecision, ...]:
+    items = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
+    unknown = [p for p in items if p not in PRECISIONS]
+    if unknown or not items:
+        raise ExportError(f"precision {','.join(unknown) or '(none)'}: expected a list of {', '.join(PRECISIONS)}")
+    return tuple(p for p in PRECISIONS if p in items)
+
+
+def parse_resolutions(text: str | Sequence[int]) -> tuple[int, ...]:
+    try:
+        items = [int(r) for r in (text.split(",") if isinstance(text, str) else text) if str(r).strip()]
+    except ValueError:
+        raise ExportError(f"resolutions {text!r}: expected comma-separated integers such as 320,416,512,640") from None
+    return tuple(sorted(set(items)))
+
+
+def _plan(opts: ExportOptions) -> _Plan:
+    from export.tensorrt_build import tensorrt_available  # noqa: PLC0415 - keeps tensorrt optional
+
+    source = onnx_prep.load_source(opts.model)
+    spec = source.spec
+    notes: list[str] = []
+    bad = [r for r in opts.resolutions if not MIN_INPUT_SIZE <= r <= MAX_INPUT_SIZE or r % spec.stride]
+    if bad:
+        raise ExportError(
+            f"resolution {bad[0]}: expected a multiple of {spec.stride} from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}"
+        )
+    if source.dynamic:
+        sizes = opts.resolutions or DEFAULT_RESOLUTIONS
+    else:
+        own = max(spec.input_size)
+        if opts.resolutions and set(opts.resolutions) != {own}:
+            notes.append(f"{opts.model.name} has a static {own}x{own} input: it yields its one resolution, {own} "
+                         f"(requested {','.join(map(str, opts.resolutions))})")
+        sizes = (own,)
+    precisions = opts.precisions
+    tensorrt = tensorrt_available()
+    if not tensorrt:
+        notes.append("TensorRT not found: built an ONNX Runtime bundle (fp32, int8 Q/DQ and int8 QOperator); "
+                     "build TensorRT engines on the device from its ONNX files")
+        if "fp16" in precisions:
+            notes.append("fp16 needs TensorRT; the ONNX Runtime bundle carries fp32 instead")
+    images: tuple[Path, ...] = ()
+    if "int8" in precisions:
+        if opts.calibration is None:
+            raise ExportError("precision int8 needs --calibration DIR (images from the deployment, never evaluation)")
+        from export.calibration import calibration_images  # noqa: PLC0415 - pulls onnxruntime.quantization
+
+        images = tuple(calibration_images(opts.calibration, opts.calibration_limit or None))
+    if (opts.val_images is None) != (opts.val_annotations is None):
+        raise ExportError("a validation set needs both --val-images DIR and --val-annotations COCO.json")
+    if opts.val_images is not None and not opts.val_images.is_dir():
+        raise ExportError(f"validation images folder not found: {opts.val_images}")
+    if opts.val_annotations is not None and not opts.val_annotations.is_file():
+        raise ExportError(f"validation annotations not found: {opts.val_annotations}")
+    return _Plan(source, tuple(sizes), precisions, images, tensorrt, tuple(notes))
+
+
+def _model_record(spec: ModelSpec, source: Path) -> ModelRecord:
+    n = spec.normalization
+    return ModelRecord(
+        family=spec.family,
+        class_names=list(spec.class_names),
+        num_masks=spec.num_masks,
+        stride=spec.stride,
+        normalization=NormalizationRecord(scale=n.scale, mean=n.mean, std=n.std, rgb=n.rgb, pad_value=n.pad_value),
+        source=str(source),
+        source_sha256=sha256_file(source),
+    )
+
+
+def _parameters(proto: onnx.ModelProto) -> int:
+    return int(sum(np.prod(t.dims) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT))
+
+
+@dataclass(frozen=True)
+class _Built:
+    """One file written to the staging directory, not yet measured."""
+
+    file: str
+    size: int
+    precision: ExportPrecision
+    builder: BuilderRecord
+    quantization: Quantization | None = None
+
+
+class _Exporter:
+    def __init__(self, opts: ExportOptions, plan: _Plan, writer: BundleWriter):
+        self.opts, self.plan, self.writer = opts, plan, writer
+        self.name = opts.out.name
+        self.ort_builder = BuilderRecord(runtime="onnxruntime", version=_ort_version())
+
+    def _file(self, size: int, precision: str, suffix: str, tag: str = "") -> str:
+        return f"{self.name}-{size}-{precision}{'-' + tag if tag else ''}{suffix}"
+
+    def build_size(self, size: int) -> list[_Built]:
+        """Every file of one resolution: ONNX forms always, TensorRT engines where present."""
+        from export import quantize  # noqa: PLC0415
+
+        src = self.plan.source
+        proto = onnx_prep.prepare_static(src, size)
+        diff = onnx_prep.check_against_source(src, proto, size)
+        log.info("%d: simplified, BN folded, outputs within %.1e of the source", size, diff)
+        fp32 = self._file(size, "fp32", ".onnx")
+        onnx_prep.save(proto, self.writer.path(fp32))
+        built = [_Built(fp32, size, "fp32", self.ort_builder)]
+        qdq: str | None = None
+        if "int8" in self.plan.precisions:
+            images = list(self.plan.calibration_images)
+            qdq = self._file(size, "int8", ".onnx", "qdq")
+            quantize.quantize_for_tensorrt(self.writer.path(fp32), self.writer.path(qdq), images)
+            cpu = self._file(size, "int8", ".onnx", "qoperator")
+            quantize.quantize_for_cpu(self.writer.path(fp32), self.writer.path(cpu), images)
+            built += [
+                _Built(qdq, size, "int8", self.ort_builder, "qdq-symmetric"),
+                _Built(cpu, size, "int8", self.ort_builder, "qoperator"),
+            ]
+        if self.plan.tensorrt:
+            built += self._tensorrt(size, fp32, qdq)
+        return built
+
+    def _tensorrt(self, size: int, fp32: str, qdq: str | None) -> list[_Built]:
+        from export.tensorrt_build import build_engine  # noqa: PLC0415
+
+        out: list[_Built] = []
+        cache = self.writer.staging.parent / f".{self.name}.timing-cache"
+        for precision in self.plan.precisions:
+            onnx_file = qdq if precision == "int8" else fp32
+            if onnx_file is None:
+                continue
+            engine = self._file(size, precision, ".engine")
+            record = build_engine(self.writer.path(onnx_file), self.writer.path(engine), precision,
+                                  workspace_mib=self.opts.workspace_mib, timing_cache=cache)
+            out.append(_Built(engine, size, precision, record, "qdq-symmetric" if precision == "int8" else None))
+        return out
+
+    def load(self, b: _Built, meta: dict[str, str]) -> Model:
+        path = self.writer.path(b.file)
+        backend: Backend
+        if b.builder.runtime == "tensorrt":
+            from edgeseg.backends.tensorrt import TensorRTBackend  # noqa: PLC0415
+
+            backend = TensorRTBackend(path, resolution=(b.size, b.size), metadata=meta)
+        else:
+            from edgeseg.backends.onnxruntime import OnnxRuntimeBackend  # noqa: PLC0415
+
+            backend = OnnxRuntimeBackend(path, threads=self.opts.threads)
+        backend.info = replace(backend.info, metadata={**backend.info.metadata, **meta})
+        return Model(spec_from_network(backend.info, self.name, b.size), backend)
+
+    def record(self, b: _Built, meta: dict[str, str]) -> EngineRecord:
+        """Measure one built file and describe it for the manifest."""
+        model = self.load(b, meta)
+        try:
+            latency = measure_latency(model.backend, b.size, self.opts.threads, self.opts.latency_runs)
+            accuracy = None
+            if self.opts.val_images is not None and self.opts.val_annotations is not None:
+                accuracy = measure_accuracy(model, self.opts.val_images, self.opts.val_annotations)
+        finally:
+            model.close()
+        sha, nbytes = self.writer.describe(b.file)
+        return EngineRecord(
+            file=b.file, sha256=sha, bytes=nbytes, resolution=(b.size, b.size), precision=b.precision,
+            quantization=b.quantization, builder=b.builder, latency=latency, accuracy=accuracy,
+        )
+
+
+def _ort_version() -> str:
+    import onnxruntime  # noqa: PLC0415
+
+    return str(onnxruntime.__version__)
+
+
+def export_bundle(opts: ExportOptions) -> ExportResult:
+    """Build, measure and publish the bundle described by ``opts``."""
+    plan = _plan(opts)
+    for note in plan.notes:
+        log.warning("%s", note)
+    spec = plan.source.spec
+    model_record = _model_record(spec, opts.model)
+    meta = bundle_metadata(model_record)
+    with BundleWriter(opts.out) as writer:
+        exporter = _Exporter(opts, plan, writer)
+        built: list[_Built] = []
+        for size in tqdm(plan.sizes, desc="build", unit="resolution", disable=not opts.progress or None):
+            built += exporter.build_size(size)
+        records = [exporter.record(b, meta)
+                   for b in tqdm(built, desc="measure", unit="file", disable=not opts.progress or None)]
+        manifest = Manifest(
+            name=opts.out.name,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            model=model_record,
+            engines=records,
+        )
+        report = write_report(manifest, writer.staging, list(plan.notes), _parameters(plan.source.proto))
+        bundle = writer.commit(manifest)
+    return ExportResult(manifest, bundle, bundle / report.name, list(plan.notes))
+
