@@ -7,7 +7,7 @@ DEMO_MODEL  ?= $(REALDATA)/models/yolov8n-seg-640-fp32-reconstructed.onnx
 DEMO_SOURCE ?= $(REALDATA)/coco_val2017_subset/images
 DEMO_OUT    ?= out/demo
 
-.PHONY: demo test setup lint typecheck clean
+.PHONY: demo test setup lint typecheck clean typings
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,33 @@ demo: setup
 	$(VENV)/bin/edgeseg run --model $(DEMO_MODEL) --source $(DEMO_SOURCE) \
 		--sink jsonl:$(DEMO_OUT)/results.jsonl --sink video:$(DEMO_OUT)/annotated
 
-test: setup
+test: setup typings
 	$(VENV)/bin/ruff check edgeseg export tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) out build *.egg-info typings
+
+# TensorRT type stubs for mypy (shared/TENSORRT.md §0), unpacked rather than installed: the wheel
+# has no py.typed (so mypy would not use it), and installed it would make `import tensorrt`
+# succeed as an empty package and hide that TensorRT is absent. Two syntax errors of the 10.13
+# stubs (parameters named `in`, a non-default parameter after defaults) are patched, because mypy
+# stops at syntax errors even in modules whose errors it ignores; the parse check fails loudly if
+# a future stub version brings new ones. typings/ is gitignored; stubs/ (pycuda) is tracked.
+TRT_STUBS := tensorrt-stubs==10.13.0.35.1
+TRT_STUB_FILES := typings/tensorrt/__init__.pyi typings/tensorrt_bindings/__init__.pyi \
+	typings/tensorrt_bindings/tensorrt.pyi
+
+typings: typings/.stamp
+
+typings/.stamp: | $(VENV)/.installed
+	rm -rf typings typings.tmp
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: $(TRT_STUBS) -d "$$tmp" && \
+	$(PY) -m zipfile -e "$$tmp"/tensorrt_stubs-*.whl "$$tmp/wheel" && \
+	mkdir typings.tmp && cp -r "$$tmp/wheel/tensorrt" "$$tmp/wheel/tensorrt_bindings" typings.tmp/
+	sed -i -e 's/\([(,] *\)in: /\1in_: /g' \
+		-e 's/\(power: Weights = None, channel_axis: int\))/\1 = ...)/' typings.tmp/tensorrt_bindings/tensorrt.pyi
+	$(PY) -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' $(TRT_STUB_FILES:typings/%=typings.tmp/%)
+	mv typings.tmp typings && touch $@

@@ -15,11 +15,12 @@ RUNTIME = [
 
 EXTRAS = {
     # The export stage; torch is pinned to the CPU wheel, a looser pin pulls CUDA packages.
-    "export": ["torch==2.13.0", "onnx>=1.15", "onnxsim>=0.4", "torch-pruning>=1.4"],
+    "export": ["torch==2.13.0", "onnx>=1.15", "onnxsim>=0.4", "torch-pruning>=1.4", "matplotlib>=3.7"],
     # NVIDIA devices: TensorRT and pycuda come from JetPack or NVIDIA's index, not PyPI.
     "trt": ["tensorrt", "pycuda"],
     "jetson": ["jetson-stats>=4.2"],
-    "dev": ["pytest>=8", "jsonschema>=4.20", "mypy>=1.10", "ruff>=0.5", "onnx>=1.15"],
+    # Test tools, plus the export stage's ONNX tools (its torch-based steps are tested where torch is).
+    "dev": ["pytest>=8", "jsonschema>=4.20", "mypy>=1.10", "ruff>=0.5", "onnx>=1.15", "onnxsim>=0.4", "matplotlib>=3.7"],
 }
 
 setup(

@@ -179,6 +179,7 @@ class _Exporter:
         self.opts, self.plan, self.writer = opts, plan, writer
         self.name = opts.out.name
         self.ort_builder = BuilderRecord(runtime="onnxruntime", version=_ort_version())
+        self.notes: list[str] = list(plan.notes)
 
     def _file(self, size: int, precision: str, suffix: str, tag: str = "") -> str:
         return f"{self.name}-{size}-{precision}{'-' + tag if tag else ''}{suffix}"
@@ -210,13 +211,22 @@ class _Exporter:
         return built
 
     def _tensorrt(self, size: int, fp32: str, qdq: str | None) -> list[_Built]:
+        import tensorrt  # noqa: PLC0415 - present: _plan checked
+
+        from edgeseg.backends.trt_plan import TrtVersion, build_decisions  # noqa: PLC0415
         from export.tensorrt_build import build_engine  # noqa: PLC0415
 
+        version = TrtVersion.parse(str(tensorrt.__version__))
         out: list[_Built] = []
         cache = self.writer.staging.parent / f".{self.name}.timing-cache"
         for precision in self.plan.precisions:
             onnx_file = qdq if precision == "int8" else fp32
             if onnx_file is None:
+                continue
+            if build_decisions(version, precision).requires_fp16_onnx:
+                note = f"TensorRT {version} has no FP16 builder flag; fp16 engines need an FP16 ONNX: not built"
+                if note not in self.notes:
+                    self.notes.append(note)
                 continue
             engine = self._file(size, precision, ".engine")
             record = build_engine(self.writer.path(onnx_file), self.writer.path(engine), precision,
@@ -282,7 +292,7 @@ def export_bundle(opts: ExportOptions) -> ExportResult:
             model=model_record,
             engines=records,
         )
-        report = write_report(manifest, writer.staging, list(plan.notes), _parameters(plan.source.proto))
+        report = write_report(manifest, writer.staging, exporter.notes, _parameters(plan.source.proto))
         bundle = writer.commit(manifest)
-    return ExportResult(manifest, bundle, bundle / report.name, list(plan.notes))
+    return ExportResult(manifest, bundle, bundle / report.name, exporter.notes)
 
