@@ -9,7 +9,12 @@ Every prepared file is run against the original model on the same inputs before 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,12 +111,39 @@ def _set_metadata(proto: onnx.ModelProto, key: str, value: str) -> None:
     proto.metadata_props.add(key=key, value=value)
 
 
+@contextlib.contextmanager
+def native_output_to_log(what: str) -> Iterator[None]:
+    """Send what C++ code writes to stdout/stderr (onnxsim's constant-folding warnings) to the log.
+
+    Those lines bypass Python's streams, so they are caught at the file-descriptor level; they
+    are expected for shape-dependent ops and only useful when debugging, so they go out at debug.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    log.debug("%s: %s", what, line)
+
+
 def prepare_static(source: SourceModel, size: int) -> onnx.ModelProto:
     """The source model pinned to ``size`` x ``size``, simplified, BN-folded, opset 17."""
     shape = [1, 3, size, size]
     proto = _to_opset(onnx.ModelProto.FromString(source.proto.SerializeToString()))
     try:
-        simplified, ok = onnxsim.simplify(proto, overwrite_input_shapes={source.input_name: shape})
+        with native_output_to_log("onnxsim"):
+            simplified, ok = onnxsim.simplify(proto, overwrite_input_shapes={source.input_name: shape})
     except Exception as exc:  # onnxsim surfaces onnxruntime and checker errors as-is
         raise ExportError(f"model {source.path}: onnxsim failed at {size}: {str(exc).splitlines()[0]}") from None
     if not ok:

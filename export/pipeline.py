@@ -126,7 +126,8 @@ def _plan(opts: ExportOptions) -> _Plan:
     precisions = opts.precisions
     tensorrt = tensorrt_available()
     if not tensorrt:
-        notes.append("TensorRT not found: built an ONNX Runtime bundle (fp32, int8 Q/DQ and int8 QOperator); "
+        forms = "fp32" + (", int8 Q/DQ and int8 QOperator" if "int8" in precisions else "")
+        notes.append(f"TensorRT not found: built an ONNX Runtime bundle ({forms}); "
                      "build TensorRT engines on the device from its ONNX files")
         if "fp16" in precisions:
             notes.append("fp16 needs TensorRT; the ONNX Runtime bundle carries fp32 instead")

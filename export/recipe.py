@@ -7,6 +7,7 @@ override the recipe's values.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,7 +39,7 @@ def _path(value: Optional[str], base: Path) -> Path | None:
     if value is None:
         return None
     p = Path(value)
-    return p if p.is_absolute() else base / p
+    return Path(os.path.normpath(p if p.is_absolute() else base / p))
 
 
 def build_options(recipe_path: str | None, overrides: dict[str, Any]) -> ExportOptions:
