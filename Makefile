@@ -52,3 +52,24 @@ typings/.stamp: | $(VENV)/.installed
 		-e 's/\(power: Weights = None, channel_axis: int\))/\1 = ...)/' typings.tmp/tensorrt_bindings/tensorrt.pyi
 	$(PY) -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' $(TRT_STUB_FILES:typings/%=typings.tmp/%)
 	mv typings.tmp typings && touch $@
+
+# Install the daemon as a systemd service (run as root on the device):
+#   sudo make install [PREFIX=/opt/edgeseg] && sudo systemctl enable --now edgeseg
+# The venv sees the system site-packages, where JetPack installs TensorRT and pycuda.
+PREFIX  ?= /opt/edgeseg
+UNITDIR ?= /etc/systemd/system
+.PHONY: install
+install:
+	id -u edgeseg >/dev/null 2>&1 || useradd --system --home-dir /var/lib/edgeseg --no-create-home \
+		--shell /usr/sbin/nologin --groups video edgeseg
+	$(PYTHON) -m venv --system-site-packages $(PREFIX)/venv
+	$(PREFIX)/venv/bin/pip install --quiet --upgrade pip
+	$(PREFIX)/venv/bin/pip install --quiet .
+	install -m 0644 README.md $(PREFIX)/README.md
+	install -d -m 0755 /etc/edgeseg /var/lib/edgeseg/engines
+	test -f /etc/edgeseg/config.yaml || install -m 0640 -g edgeseg configs/service.yaml /etc/edgeseg/config.yaml
+	sed 's|/opt/edgeseg|$(PREFIX)|g' systemd/edgeseg.service > $(UNITDIR)/edgeseg.service
+	chown -R edgeseg:edgeseg /var/lib/edgeseg
+	systemctl daemon-reload 2>/dev/null || true
+	@echo "installed: flash a bundle with '$(PREFIX)/venv/bin/edgeseg engines install --activate BUNDLE',"
+	@echo "edit /etc/edgeseg/config.yaml, then 'systemctl enable --now edgeseg'"

@@ -173,6 +173,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edgeseg.service.daemon import Daemon
+
+    daemon = Daemon(args.config, _overrides(args))
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level or "info")
     try:
@@ -247,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sink", action="append", metavar="KIND:PATH", help="also write to these sinks")
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(func=cmd_bench)
+
+    serve = sub.add_parser("serve", help="run as a service: sd_notify, watchdog, SIGHUP reload, journald logs",
+                           formatter_class=argparse.RawTextHelpFormatter)
+    _add_common(serve)
+    serve.add_argument("--sink", action="append", metavar="KIND:PATH", help="outputs besides the config's")
+    serve.set_defaults(func=cmd_serve)
 
     ex = sub.add_parser("export", help="build an engine bundle from an ONNX model (needs edgeseg[export])")
     ex.add_argument("--recipe", metavar="FILE", help="YAML recipe holding the flags below (flags override it)")

@@ -111,6 +111,20 @@ class PipelineConfig(_Strict):
     max_frames: int = Field(0, ge=0, description="stop after this many frames; 0 = until the source ends")
 
 
+class ServiceConfig(_Strict):
+    pid_file: Optional[str] = Field(
+        "/run/edgeseg/edgeseg.pid", description="where `serve` writes its pid (for `engines activate`); null = none"
+    )
+    stats_interval_s: float = Field(10.0, ge=1.0, le=3600.0, description="STATUS=, log and MQTT stats period")
+    stall_s: float = Field(
+        30.0, ge=2.0, le=3600.0,
+        description="a stage thread stuck this long withholds the watchdog ping (keep <= WatchdogSec)",
+    )
+    log_format: Literal["auto", "journald", "plain"] = Field(
+        "auto", description="journald priority prefixes; auto = when run by systemd"
+    )
+
+
 class Config(_Strict):
     version: Literal[1] = Field(CONFIG_VERSION, description="configuration format version")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
@@ -119,13 +133,14 @@ class Config(_Strict):
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
 
     def source_options(self) -> SourceOptions:
         s = self.source
         return SourceOptions(s.loop, s.reconnect_initial_s, s.reconnect_max_s, s.width, s.height, s.fps)
 
-    def sink_options(self) -> SinkOptions:
-        return SinkOptions(mask_format=self.output.mask_format, fps=self.output.video_fps)
+    def sink_options(self, append: bool = False) -> SinkOptions:
+        return SinkOptions(mask_format=self.output.mask_format, fps=self.output.video_fps, append=append)
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -12,6 +12,10 @@ Live sources feed the first buffer in newest-only mode (drops counted); files an
 the second buffer always, are lossless. ``stop()`` ends capture; the frames already in flight
 are inferred, written and flushed before ``join`` returns, which is what SIGINT/SIGTERM call.
 A fatal error in any stage closes both buffers so every thread ends, and ``join`` re-raises it.
+
+Every stage thread stamps a heartbeat each time round its loop, at least every POLL_S while it
+waits; ``stalled()`` names the threads stuck inside a call (a hung inference, a sink blocked on a
+dead disk), which is what the service's watchdog looks at.
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ class Pipeline:
         self._take_lock = threading.Lock()
         self._next_seq = 0
         self._workers_left = inference_workers
+        self._heartbeats: dict[str, float] = {}
         self._threads = [
             threading.Thread(target=self._guard, args=(self._capture_loop,), name="edgeseg-capture", daemon=True),
             *(
@@ -131,8 +136,22 @@ class Pipeline:
 
     def start(self) -> None:
         self.counters = Counters()
+        now = time.monotonic()
         for t in self._threads:
+            self._heartbeats[t.name] = now
             t.start()
+
+    def _beat(self) -> None:
+        self._heartbeats[threading.current_thread().name] = time.monotonic()
+
+    def stalled(self, max_age_s: float) -> list[str]:
+        """Live stage threads that have not come round their loop for ``max_age_s`` seconds."""
+        now = time.monotonic()
+        return [t.name for t in self._threads if t.is_alive() and now - self._heartbeats.get(t.name, now) > max_age_s]
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
 
     def stop(self) -> None:
         """Stop capturing; frames in flight are still finished and written."""
@@ -175,6 +194,7 @@ class Pipeline:
             priority.lower_current_thread()
         try:
             while not self._stop.is_set():
+                self._beat()
                 if self.max_frames and self.counters.captured >= self.max_frames:
                     break
                 t0 = time.perf_counter()
@@ -201,6 +221,7 @@ class Pipeline:
         Downstream keeps draining even after ``stop()``, so the wait ends unless a stage failed.
         """
         while self._error is None:
+            self._beat()
             work = self.processor.prepare(frame, timeout=POLL_S)
             if work is not None:
                 return work
@@ -208,12 +229,16 @@ class Pipeline:
 
     def _take(self) -> Work | None:
         """The next frame for an inference worker, numbered in the order workers take them."""
-        with self._take_lock:
-            work = self._to_infer.get()
-            if work is not None:
-                work.seq = self._next_seq
-                self._next_seq += 1
-            return work
+        while True:
+            self._beat()
+            with self._take_lock:
+                work = self._to_infer.get(timeout=POLL_S)
+                if work is not None:
+                    work.seq = self._next_seq
+                    self._next_seq += 1
+                    return work
+                if self._to_infer.closed_and_empty:
+                    return None
 
     def _inference_loop(self) -> None:
         if self.inference_priority:
@@ -237,7 +262,13 @@ class Pipeline:
         """Inferred frames in the order the workers took them (at most workers - 1 held back)."""
         pending: dict[int, Work] = {}
         expected = 0
-        while (work := self._to_output.get()) is not None:
+        while True:
+            self._beat()
+            work = self._to_output.get(timeout=POLL_S)
+            if work is None:
+                if self._to_output.closed_and_empty:
+                    break
+                continue
             pending[work.seq] = work
             while expected in pending:
                 yield pending.pop(expected)

@@ -38,7 +38,7 @@ def _video_or_images(path: str, options: SinkOptions) -> Sink:
 
 _KINDS: dict[str, SinkKind] = {
     "jsonl": SinkKind(
-        lambda path, options: JsonlSink(path, mask_format=options.mask_format),
+        lambda path, options: JsonlSink(path, mask_format=options.mask_format, append=options.append),
         "jsonl:FILE      one frame result (schema edgeseg/frame-result v1) per line",
     ),
     "coco": SinkKind(

@@ -19,10 +19,13 @@ class SinkOptions:
     Attributes:
         mask_format: how masks appear in JSON outputs: COCO RLE, polygons, or left out.
         fps: frame rate written into annotated videos.
+        append: files are appended to rather than replaced (the service: a restart or reload
+            must not erase what was written before).
     """
 
     mask_format: MaskFormat = "rle"
     fps: float = 25.0
+    append: bool = False
 
 
 class Sink(Closeable, abc.ABC):

@@ -1,0 +1,1 @@
+"""The device daemon: ``edgeseg serve`` under systemd (readiness, watchdog, reload, logging)."""

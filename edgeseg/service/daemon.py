@@ -1,0 +1,256 @@
+"""``edgeseg serve``: the pipeline as a long-running systemd service.
+
+    start ─► load config ─► open persistent outputs (MQTT) ─► build runtime ─► READY=1
+      loop every tick: watchdog (only while no stage is stalled) · STATUS= and stats every N s
+      SIGHUP  ─► RELOADING=1 ─► new config + model checked ─► old pipeline drained ─► new one ─► READY=1
+      SIGTERM ─► STOPPING=1 ─► capture stops, frames in flight finished and flushed ─► exit 0
+
+A reload that fails (bad config, refused bundle, camera gone) keeps or restores the running
+configuration and says why; the MQTT session lives across reloads, so subscribers never see
+the device go offline for a reload. The daemon never exits on a dropped camera or broker: live
+sources reconnect and MQTT queues on disk. It exits non-zero only on a fatal pipeline error,
+which is systemd's cue to restart it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edgeseg.app import Runtime, build_pipeline, build_processor, open_model
+from edgeseg.config import Config, load_config
+from edgeseg.errors import EdgesegError
+from edgeseg.model import Model
+from edgeseg.pipeline.runner import Pipeline
+from edgeseg.service.logs import configure_service_logging
+from edgeseg.service.notify import Notifier, watchdog_interval_s
+from edgeseg.service.stats import snapshot, status_line
+from edgeseg.sinks import create_sink
+from edgeseg.sinks.base import Sink
+from edgeseg.sources import open_source
+
+log = logging.getLogger("edgeseg.serve")
+
+#: The main loop's period: watchdog, signals and stats are handled at this granularity.
+TICK_S = 0.5
+#: Exit codes: 0 after a requested stop or a finite source's end, 1 after a fatal pipeline error.
+EXIT_OK, EXIT_FAILED = 0, 1
+
+PersistentSinks = Callable[[Config], list[Sink]]
+
+
+@dataclass
+class _Active:
+    """What is running now: its config, runtime and pipeline."""
+
+    config: Config
+    runtime: Runtime
+    pipeline: Pipeline
+
+
+def _open_runtime(config: Config, model: Model) -> Runtime:
+    """Source and per-run sinks for an already loaded model (closed again on any failure)."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        stack.callback(model.close)
+        source = open_source(config.source.uri or "", config.source_options())
+        stack.callback(source.close)
+        sinks: list[Sink] = []
+        for spec in config.output.sinks:
+            sink = create_sink(spec, config.sink_options(append=True))
+            stack.callback(sink.close)
+            sinks.append(sink)
+        processor = build_processor(config, model)
+        return Runtime(model, processor, source, sinks, stack.pop_all())
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class Daemon:
+    """Runs the configured pipeline until SIGTERM, reloading on SIGHUP.
+
+    Args:
+        config_path: the YAML file re-read on every reload.
+        overrides: command-line values laid over the file, on start and on every reload.
+        persistent_sinks: opens outputs that outlive reloads (the MQTT publisher).
+    """
+
+    def __init__(
+        self,
+        config_path: str | None,
+        overrides: Mapping[str, Any] | None = None,
+        persistent_sinks: PersistentSinks | None = None,
+        notifier: Notifier | None = None,
+    ):
+        self.config_path = config_path
+        self.overrides = dict(overrides or {})
+        self._persistent_factory = persistent_sinks
+        self.notifier = notifier or Notifier()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._persistent: list[Sink] = []
+        self._active: _Active | None = None
+        self._started = time.monotonic()
+        self._last_stats = 0.0
+        self.reloads = 0
+
+    # -- signals ------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        if not self._stop.is_set():
+            log.info("%s: stopping after the frames in flight", signal.Signals(signum).name)
+        self._stop.set()
+
+    def _on_reload(self, _signum: int, _frame: FrameType | None) -> None:
+        self._reload.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _load_config(self) -> Config:
+        return load_config(self.config_path, self.overrides)
+
+    def _start(self, config: Config, model: Model | None = None) -> _Active:
+        model = model if model is not None else open_model(config)
+        runtime = _open_runtime(config, model)
+        pipeline = build_pipeline(config, runtime.source, runtime.processor, [*runtime.sinks, *self._persistent])
+        pipeline.start()
+        return _Active(config, runtime, pipeline)
+
+    def _stop_active(self) -> None:
+        if self._active is None:
+            return
+        self._active.pipeline.stop()
+        try:
+            while not self._active.pipeline.join(TICK_S):
+                self._tick_watchdog()
+        except Exception as exc:  # a stage's failure, re-raised by join: report it, still clean up
+            log.error("pipeline ended with: %s", exc)
+        finally:
+            self._active.runtime.close()
+            self._active = None
+
+    def _do_reload(self) -> None:
+        """Switch to the re-read config and model; keep or restore the old ones on failure."""
+        self.notifier.reloading()
+        assert self._active is not None
+        old = self._active.config
+        try:
+            new = self._load_config()
+            model = open_model(new)  # the bundle behind model.path may have been re-flashed
+        except EdgesegError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            self.notifier.ready(status_line(self.stats()))
+            return
+        self._stop_active()
+        try:
+            self._active = self._start(new, model)
+            self.reloads += 1
+            log.info("reloaded: model %s, source %s", model.spec.name, new.source.uri)
+        except EdgesegError as exc:
+            log.error("reload failed (%s); restoring the previous configuration", exc)
+            self._active = self._start(old)
+        self.notifier.ready(status_line(self.stats()))
+
+    def stats(self) -> dict[str, Any]:
+        assert self._active is not None
+        extra: dict[str, Any] = {"reloads": self.reloads}
+        for sink in self._persistent:
+            describe = getattr(sink, "status", None)
+            if callable(describe):
+                extra["mqtt"] = describe()
+        return snapshot(self._active.pipeline, self._active.runtime.model, self._started, extra)
+
+    def _tick_watchdog(self) -> None:
+        if self._active is None:
+            return
+        stalled = self._active.pipeline.stalled(self._active.config.service.stall_s)
+        if stalled:
+            log.error("no progress in %s for over %.0f s: withholding the watchdog ping",
+                      ", ".join(stalled), self._active.config.service.stall_s)
+            return
+        self.notifier.watchdog()
+
+    def _tick_stats(self) -> None:
+        assert self._active is not None
+        now = time.monotonic()
+        if now - self._last_stats < self._active.config.service.stats_interval_s:
+            return
+        self._last_stats = now
+        stats = self.stats()
+        line = status_line(stats)
+        self.notifier.status(line)
+        log.info("%s", line)
+        for sink in self._persistent:
+            publish = getattr(sink, "publish_stats", None)
+            if callable(publish):
+                publish(stats)
+
+    def _write_pid_file(self, config: Config) -> Path | None:
+        if not config.service.pid_file:
+            return None
+        path = Path(config.service.pid_file)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{os.getpid()}\n", encoding="ascii")
+            return path
+        except OSError as exc:
+            log.warning("cannot write pid file %s (%s); 'edgeseg engines activate' will not find this daemon",
+                        path, exc.strerror)
+            return None
+
+    def run(self) -> int:
+        """Serve until stopped; the exit code for the process."""
+        config = self._load_config()
+        configure_service_logging(config.log_level, config.service.log_format)
+        pid_file = self._write_pid_file(config)
+        code = EXIT_OK
+        try:
+            if self._persistent_factory is not None:
+                self._persistent = self._persistent_factory(config)
+            self._active = self._start(config)
+            interval = watchdog_interval_s()
+            log.info("serving: watchdog %s", f"every {interval:.1f} s" if interval else "off (not under systemd)")
+            self.notifier.ready(status_line(self.stats()))
+            while not self._stop.wait(TICK_S):
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self._do_reload()
+                assert self._active is not None
+                if not self._active.pipeline.running:
+                    try:
+                        self._active.pipeline.join(0)
+                        log.info("source %s ended", self._active.config.source.uri)
+                    except Exception as exc:  # fatal stage error: exit non-zero so systemd restarts us
+                        log.error("pipeline failed: %s: %s", type(exc).__name__, exc)
+                        code = EXIT_FAILED
+                    break
+                self._tick_watchdog()
+                self._tick_stats()
+        finally:
+            self.notifier.stopping()
+            self._stop_active()
+            for sink in self._persistent:
+                sink.close()
+            if pid_file is not None:
+                pid_file.unlink(missing_ok=True)
+            self.notifier.close()
+        return code
