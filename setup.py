@@ -11,6 +11,7 @@ RUNTIME = [
     "pycocotools>=2.0.7",
     "tqdm>=4.66",
     "psutil>=5.9",
+    "cryptography>=41",  # ed25519 bundle signatures
 ]
 
 EXTRAS = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -174,8 +175,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from edgeseg.config import DEFAULT_SERVICE_CONFIG
     from edgeseg.service.daemon import Daemon
 
+    if args.config is None and os.path.isfile(DEFAULT_SERVICE_CONFIG):
+        args.config = DEFAULT_SERVICE_CONFIG
     daemon = Daemon(args.config, _overrides(args))
     daemon.install_signal_handlers()
     return daemon.run()
@@ -261,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(serve)
     serve.add_argument("--sink", action="append", metavar="KIND:PATH", help="outputs besides the config's")
     serve.set_defaults(func=cmd_serve)
+
+    from edgeseg.flash.cli import add_engines_parser
+
+    add_engines_parser(sub)
 
     ex = sub.add_parser("export", help="build an engine bundle from an ONNX model (needs edgeseg[export])")
     ex.add_argument("--recipe", metavar="FILE", help="YAML recipe holding the flags below (flags override it)")

@@ -276,6 +276,8 @@ def load_model(
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device {device!r}: expected auto, cpu or cuda")
     if path.is_dir():
+        # Resolve the `active` symlink once: a re-flash during loading cannot mix two bundles.
+        path = path.resolve()
         if not is_bundle(path):
             raise ModelError(f"model {path}: a directory but not an engine bundle (no manifest.json)")
         return _load_bundle(path, imgsz, threads, device, spin, precision, workers)

@@ -294,6 +294,8 @@ def export_bundle(opts: ExportOptions) -> ExportResult:
             engines=records,
         )
         report = write_report(manifest, writer.staging, exporter.notes, _parameters(plan.source.proto))
+        docs = [report.name] + [p.name for p in writer.staging.glob("*.png")]
+        manifest = manifest.model_copy(update={"extra_files": {name: writer.describe(name)[0] for name in docs}})
         bundle = writer.commit(manifest)
     return ExportResult(manifest, bundle, bundle / report.name, exporter.notes)
 

@@ -42,7 +42,7 @@ def three_images(val_images: Path, tmp_path: Path) -> Path:
     "extra, expected",
     [
         (["--model", "/nonexistent/m.onnx"], "model file not found: /nonexistent/m.onnx"),
-        (["--sink", "mqtt:somewhere"], "has unknown kind 'mqtt'; valid kinds: coco, images, jsonl, video"),
+        (["--sink", "kafka:somewhere"], "has unknown kind 'kafka'; valid kinds: coco, images, jsonl"),
         (["--sink", "jsonl"], "jsonl"),
         (["--conf", "2"], "field 'postprocess.conf_threshold'"),
         (["--imgsz", "100"], "field 'model.imgsz'"),

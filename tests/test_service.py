@@ -89,7 +89,10 @@ def test_notifier_outside_systemd_is_a_no_op(monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.parametrize(
     "usec, pid, expected",
-    [("60000000", None, 30.0), ("60000000", "self", 30.0), ("60000000", "1", None), (None, None, None), ("x", None, None)],
+    [
+        ("60000000", None, 30.0), ("60000000", "self", 30.0), ("60000000", "1", None),
+        (None, None, None), ("x", None, None),
+    ],
 )
 def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch, usec: str | None, pid: str | None,
                            expected: float | None) -> None:
@@ -115,7 +118,8 @@ def _write_config(path: Path, model: Path, images: Path, out: Path, **postproces
         f"model:\n  path: {model}\n  imgsz: 320\n  threads: 1\n"
         f"source:\n  uri: {images}\n  loop: true\n"
         f"output:\n  sinks: [jsonl:{out}]\n"
-        f"service:\n  pid_file: {path.parent / 'edgeseg.pid'}\n  stats_interval_s: 1\n  stall_s: 5\n"
+        f"service:\n  stats_interval_s: 1\n  stall_s: 5\n"
+        f"engines:\n  pid_file: {path.parent / 'edgeseg.pid'}\n"
         + ("postprocess:\n" + "".join(f"  {k}: {v}\n" for k, v in postprocess.items()) if postprocess else "")
     )
 

@@ -15,6 +15,7 @@ from typing import Any, Final, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgeseg.config.engines import EnginesConfig
 from edgeseg.errors import ConfigError
 from edgeseg.postprocess.settings import (
     DEFAULT_CONF_THRESHOLD,
@@ -29,6 +30,9 @@ from edgeseg.sources.base import RECONNECT_INITIAL_S, RECONNECT_MAX_S, SourceOpt
 
 #: The configuration format this code reads.
 CONFIG_VERSION: Final = 1
+#: The service's configuration, read by `serve` and `engines` when no --config is given, so that
+#: a public key configured there is enforced whether or not the engineer names the file.
+DEFAULT_SERVICE_CONFIG: Final = "/etc/edgeseg/config.yaml"
 
 
 class _Strict(BaseModel):
@@ -112,9 +116,6 @@ class PipelineConfig(_Strict):
 
 
 class ServiceConfig(_Strict):
-    pid_file: Optional[str] = Field(
-        "/run/edgeseg/edgeseg.pid", description="where `serve` writes its pid (for `engines activate`); null = none"
-    )
     stats_interval_s: float = Field(10.0, ge=1.0, le=3600.0, description="STATUS=, log and MQTT stats period")
     stall_s: float = Field(
         30.0, ge=2.0, le=3600.0,
@@ -134,6 +135,9 @@ class Config(_Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    engines: EnginesConfig = Field(
+        default_factory=EnginesConfig, description="installed bundles, signature key, the daemon's pid file"
+    )
 
     def source_options(self) -> SourceOptions:
         s = self.source

@@ -205,9 +205,7 @@ class Daemon:
                 publish(stats)
 
     def _write_pid_file(self, config: Config) -> Path | None:
-        if not config.service.pid_file:
-            return None
-        path = Path(config.service.pid_file)
+        path = Path(config.engines.pid_file)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"{os.getpid()}\n", encoding="ascii")

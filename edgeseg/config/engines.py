@@ -1,0 +1,44 @@
+"""The ``engines`` section of the configuration: where bundles are installed and who may sign them.
+
+Same rules as the rest of the schema: unknown keys refused, every field described and defaulted.
+Paths must be absolute: the daemon (started by systemd from ``/``) and an engineer's shell must
+mean the same directory by the same setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Final, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_ENGINES_ROOT: Final = "/var/lib/edgeseg/engines"
+DEFAULT_PID_FILE: Final = "/run/edgeseg/edgeseg.pid"
+
+
+class _Strict(BaseModel):
+    # Kept here rather than imported from schema.py, which imports this module.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class EnginesConfig(_Strict):
+    root: str = Field(
+        DEFAULT_ENGINES_ROOT, min_length=1,
+        description="engine store: bundles/, the 'active' and 'previous' links, staging directories",
+    )
+    public_key: Optional[str] = Field(
+        None,
+        description="ed25519 public key (PEM) that bundles must be signed with; when set, unsigned "
+        "bundles and bad signatures are refused; null = signatures not required",
+    )
+    pid_file: str = Field(
+        DEFAULT_PID_FILE, min_length=1,
+        description="pid file of the running daemon, signalled (SIGHUP) to reload after a switch",
+    )
+
+    @field_validator("root", "public_key", "pid_file")
+    @classmethod
+    def _absolute(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not PurePosixPath(value).is_absolute():
+            raise ValueError("must be an absolute path")
+        return value

@@ -1,0 +1,289 @@
+"""``edgeseg engines``: list, verify, install, activate, rollback, remove, sign, keygen.
+
+``add_engines_parser(subparsers)`` registers the command on the ``edgeseg`` parser; each action
+sets ``func`` (args -> exit code) as the other commands do, and refusals are BundleErrors that
+``edgeseg.cli.main`` prints as one line. ``main(argv)`` runs the command on its own.
+
+Exit codes: 0 done (also when no daemon runs: the switch takes effect at its next start);
+1 ``verify`` found problems, or a daemon runs that could not be signalled (the switch is made
+but the daemon still runs the old bundle); 2 refused (BundleError/ConfigError, one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from edgeseg.config.engines import EnginesConfig
+from edgeseg.errors import ConfigError, EdgesegError
+
+if TYPE_CHECKING:
+    from edgeseg.flash.daemon import DaemonNotice
+    from edgeseg.flash.store import EngineStore, Inspection, Switch
+
+EXIT_OK: Final = 0
+EXIT_PROBLEMS: Final = 1
+EXIT_NOT_APPLIED: Final = 1
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def engines_config(args: argparse.Namespace) -> EnginesConfig:
+    """The ``engines`` section of ``--config`` (defaults without one), with the flags laid over it."""
+    from pydantic import ValidationError
+
+    doc: dict[str, Any] = {}
+    from edgeseg.config import DEFAULT_SERVICE_CONFIG, load_config
+
+    if not getattr(args, "config", None) and os.path.isfile(DEFAULT_SERVICE_CONFIG):
+        args.config = DEFAULT_SERVICE_CONFIG
+    if getattr(args, "config", None):
+        doc = load_config(args.config).engines.model_dump()
+    for key in ("root", "public_key", "pid_file"):
+        value = getattr(args, key, None)
+        if value is not None:
+            doc[key] = os.path.abspath(value)
+    try:
+        return EnginesConfig.model_validate(doc)
+    except ValidationError as exc:
+        details = "; ".join(f"engines.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{args.config or 'command line'}: {details}") from None
+
+
+def _store(args: argparse.Namespace) -> tuple[EngineStore, EnginesConfig]:
+    from edgeseg.flash.store import EngineStore
+
+    cfg = engines_config(args)
+    return EngineStore(cfg.root, cfg.public_key), cfg
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _signature_word(check: Inspection) -> str:
+    if check.signature_checked:
+        return "signature verified"
+    return "signed (not checked: no public key configured)" if check.signed else "unsigned"
+
+
+def _summary(check: Inspection) -> str:
+    m = check.manifest
+    if m is None:
+        return "no manifest"
+    files = len(m.engines) + len(m.extra_files)
+    plural = "s" if files != 1 else ""
+    runs = f"{len(check.usable)} of {len(m.engines)} engines run here"
+    return f"{files} file{plural} verified, {runs}, {_signature_word(check)}"
+
+
+def _switched(switch: Switch, notice: DaemonNotice | None) -> int:
+    if not switch.changed:
+        print(f"engines: {switch.active} is already active; nothing switched")
+        return EXIT_OK
+    print(f"engines: active {switch.active} (previous: {switch.was_active or 'none'})")
+    if notice is None:
+        return EXIT_OK
+    print(f"engines: {notice.message}", file=sys.stdout if notice.applied else sys.stderr)
+    return EXIT_OK if notice.applied else EXIT_NOT_APPLIED
+
+
+def _reload(cfg: EnginesConfig) -> DaemonNotice:
+    from edgeseg.flash.daemon import reload_daemon
+
+    return reload_daemon(cfg.pid_file)
+
+
+# -- actions ---------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from edgeseg.bundle.verify import incompatibility
+    from edgeseg.flash.store import describe_engine
+
+    store, _ = _store(args)
+    bundles = store.installed()
+    if not bundles:
+        print(f"engines: no bundles installed in {store.root}")
+        return EXIT_OK
+    device = store.device
+    print(f"engines in {store.root} (this device: {device.describe()})")
+    for b in bundles:
+        mark = "active" if b.active else "previous" if b.previous else ""
+        if b.manifest is None:
+            print(f"  {mark:<9} {b.id}  DAMAGED: {b.error}")
+            continue
+        m = b.manifest
+        created = f", created {m.created}" if m.created else ""
+        print(f"  {mark:<9} {b.id}  {m.model.family}, {len(m.model.class_names)} classes{created}")
+        width = max(len(e.file) for e in m.engines)
+        for e in m.engines:
+            reason = incompatibility(e, device)
+            here = "runs here" if reason is None else f"not here: {reason}"
+            print(f"              {e.file:<{width}}  {describe_engine(e)}  {here}")
+    for problem in store.link_problems():
+        print(f"  problem: {problem}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    checks: list[tuple[str, Inspection]] = []
+    target = args.bundle
+    if target is not None and (os.sep in target or target in (".", "..")):  # a directory, not installed
+        checks.append((target, store.inspect(target, allow_fallback=args.allow_fallback)))
+    elif target is not None:
+        bid = store.resolve(target)
+        checks.append((bid, store.inspect_installed(bid)))
+    else:
+        checks = [(bid, store.inspect_installed(bid)) for bid in store.ids()]
+        if not checks:
+            print(f"engines: no bundles installed in {store.root}")
+    bad = 0
+    for label, check in checks:
+        if check.ok:
+            print(f"ok    {label}: {_summary(check)}")
+        else:
+            bad += 1
+            print(f"FAIL  {label}:")
+            for problem in check.problems:
+                print(f"        {problem}")
+    links = store.link_problems() if target is None else []
+    for problem in links:
+        print(f"FAIL  {problem}")
+    if bad or links:
+        print(f"engines: {bad + len(links)} of {len(checks) + len(links)} checked failed", file=sys.stderr)
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    store, cfg = _store(args)
+    result = store.install(args.source, activate=args.activate, allow_fallback=args.allow_fallback)
+    verb = "already installed" if result.already_installed else "repaired" if result.repaired else "installed"
+    print(f"engines: {verb} {result.bundle_id} from {args.source} ({_summary(result.inspection)})")
+    for note in result.notes:
+        print(f"engines: not usable here: {note}")
+    if result.switch is None:
+        return EXIT_OK
+    return _switched(result.switch, _reload(cfg) if result.switch.changed else None)
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    store, cfg = _store(args)
+    switch = store.activate(args.bundle)
+    return _switched(switch, _reload(cfg) if switch.changed else None)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    store, cfg = _store(args)
+    switch = store.rollback()
+    return _switched(switch, _reload(cfg) if switch.changed else None)
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    print(f"engines: removed {store.remove(args.bundle, force=args.force)}")
+    return EXIT_OK
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from edgeseg.flash.signature import key_fingerprint, load_private_key, sign_bundle
+
+    path = sign_bundle(args.bundle, args.key)
+    fingerprint = key_fingerprint(load_private_key(args.key).public_key())
+    print(f"engines: signed {args.bundle} ({path.name}, key {fingerprint})")
+    return EXIT_OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from edgeseg.flash.signature import generate_keypair
+
+    private, public = generate_keypair(args.out)
+    print(
+        f"engines: wrote private key {private} (keep it off the devices) and public key {public} "
+        "(set engines.public_key to it on the devices)"
+    )
+    return EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def _store_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", metavar="FILE", help="YAML configuration; its engines section applies")
+    p.add_argument("--root", metavar="DIR", help="engine store (default /var/lib/edgeseg/engines)")
+    p.add_argument("--public-key", metavar="PEM", help="require bundles signed by this ed25519 key")
+    p.add_argument("--pid-file", metavar="FILE", help="daemon pid file (default /run/edgeseg/edgeseg.pid)")
+    return p
+
+
+def add_engines_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``engines`` and its actions on the ``edgeseg`` parser's subparsers."""
+    common = _store_options()
+    eng = subparsers.add_parser("engines", help="install, verify, switch and roll back engine bundles")
+    actions = eng.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    p = actions.add_parser("list", parents=[common], help="installed bundles, their engines, what runs here")
+    p.set_defaults(func=cmd_list)
+
+    p = actions.add_parser("verify", parents=[common],
+                           help="check installed bundles (or a bundle directory): hashes, signature, device")
+    p.add_argument("bundle", nargs="?", metavar="NAME|PATH",
+                   help="an installed bundle, or a directory when it holds a '/' (./b); default: all installed")
+    p.add_argument("--allow-fallback", action="store_true",
+                   help="for a directory: accept a bundle whose TensorRT engines do not fit (ONNX Runtime only)")
+    p.set_defaults(func=cmd_verify)
+
+    p = actions.add_parser("install", parents=[common], help="verify a bundle directory and install it")
+    p.add_argument("source", metavar="PATH", help="bundle directory (manifest.json and its files)")
+    p.add_argument("--activate", action="store_true", help="also make it the active bundle and reload the daemon")
+    p.add_argument("--allow-fallback", action="store_true",
+                   help="install although none of its TensorRT engines fits this device (ONNX Runtime only)")
+    p.set_defaults(func=cmd_install)
+
+    p = actions.add_parser("activate", parents=[common], help="re-verify an installed bundle and switch to it")
+    p.add_argument("bundle", metavar="NAME", help="bundle id (name@hash), name, or id prefix")
+    p.set_defaults(func=cmd_activate)
+
+    p = actions.add_parser("rollback", parents=[common], help="swap the active and the previous bundle")
+    p.set_defaults(func=cmd_rollback)
+
+    p = actions.add_parser("remove", parents=[common], help="delete an installed bundle (never the active one)")
+    p.add_argument("bundle", metavar="NAME", help="bundle id (name@hash), name, or id prefix")
+    p.add_argument("--force", action="store_true", help="also remove the previous bundle (loses the rollback)")
+    p.set_defaults(func=cmd_remove)
+
+    p = actions.add_parser("sign", help="sign a bundle directory's manifest with an ed25519 private key")
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle directory")
+    p.add_argument("--key", required=True, metavar="PRIVATE.pem", help="private key from 'engines keygen'")
+    p.set_defaults(func=cmd_sign)
+
+    p = actions.add_parser("keygen", help="make an ed25519 signing key pair")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the two PEM files (never overwritten)")
+    p.set_defaults(func=cmd_keygen)
+    return eng
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``edgeseg engines ...`` on its own (``argv`` starts with ``engines``), errors as one line."""
+    parser = argparse.ArgumentParser(prog="edgeseg")
+    add_engines_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except EdgesegError as exc:
+        print(f"edgeseg: {' '.join(str(exc).split())}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgeseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,551 @@
+"""The on-device engine store: installed bundles, the active one, the one to roll back to.
+
+Layout (``ROOT`` is ``engines.root``, by default ``/var/lib/edgeseg/engines``)::
+
+    ROOT/
+      bundles/<name>@<hash>/    installed bundles, never changed after install: manifest.json,
+                                manifest.json.sig when signed, and exactly the files it lists
+      active   -> bundles/...   what the daemon runs (relative symlink)
+      previous -> bundles/...   what ``rollback`` returns to (relative symlink)
+      .staging-*/               an install in progress
+      .trash-*/                 a bundle being removed
+      .lock                     held (flock) by the install/activate/rollback/remove that runs
+
+``<name>`` is the manifest's ``name``; ``<hash>`` the first 12 hex digits of the sha256 of the
+manifest's bytes. The manifest holds the sha256 of every file, so the directory name pins the
+whole bundle: two bundles with one name never collide, and the same bundle installs once.
+
+Guarantees:
+
+- An install copies the manifest, its signature and the files the manifest lists (nothing else)
+  into ``.staging-*``, verifies everything there (see ``inspect_bundle``) and only then renames
+  the staging directory into ``bundles/``. Any failure, KeyboardInterrupt included, removes the
+  staging directory; a crash leaves at most a stale one, removed by the next operation. The
+  active bundle is never touched by an install that is refused.
+- ``active`` and ``previous`` are switched by creating a new symlink and ``os.replace``-ing it
+  over the old one, so a reader sees the old or the new target, never none. ``previous`` is
+  switched before ``active``: a crash in between leaves the old bundle running.
+- ``activate`` and ``rollback`` re-verify the bundle they switch to (hashes, unexpected files,
+  signature when a key is configured, an engine that runs here) before switching.
+- The active bundle cannot be removed; the previous one only with ``force``.
+- Every refusal is a BundleError whose one-line message names the bundle or file and the reason.
+
+The device probe is the one hardware-dependent piece: ``EngineStore(probe=...)`` takes any
+function returning a DeviceInfo (tests pass a fixed one; by default ``probe_device``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Final, Optional
+
+from edgeseg.bundle.device import DeviceInfo, probe_device
+from edgeseg.bundle.manifest import MANIFEST_NAME, EngineRecord, Manifest, parse_manifest
+from edgeseg.bundle.verify import incompatibility, integrity_problems
+from edgeseg.errors import BundleError
+from edgeseg.flash.signature import SIGNATURE_NAME, signature_problem
+
+BUNDLES_DIR: Final = "bundles"
+ACTIVE: Final = "active"
+PREVIOUS: Final = "previous"
+LOCK_NAME: Final = ".lock"
+STAGING_PREFIX: Final = ".staging-"
+TRASH_PREFIX: Final = ".trash-"
+LINK_TMP_PREFIX: Final = ".link-"
+#: Hex digits of the manifest's sha256 in an installed bundle's directory name.
+HASH_CHARS: Final = 12
+#: A bundle name must be a plain directory name (it becomes one); '@' separates the hash.
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+_RESERVED: Final = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
+_MB: Final = 1 << 20
+
+#: The hardware seam: a function telling what this device can run.
+DeviceProbe = Callable[[], DeviceInfo]
+
+
+def bundle_id(manifest: Manifest, manifest_bytes: bytes) -> str:
+    """The installed directory name of a bundle: ``<name>@<first 12 hex of sha256(manifest)>``."""
+    return f"{manifest.name}@{hashlib.sha256(manifest_bytes).hexdigest()[:HASH_CHARS]}"
+
+
+def _name_problem(name: str) -> str | None:
+    """Why a file name of the manifest cannot be a file of the bundle, or None."""
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or name in ("", "."):
+        return f"{name}: file names must stay inside the bundle"
+    if name in _RESERVED:
+        return f"{name}: reserved name, cannot be an engine or extra file"
+    return None
+
+
+def _listed_files(manifest: Manifest) -> list[str]:
+    names = [e.file for e in manifest.engines] + list(manifest.extra_files)
+    return list(dict.fromkeys(names))
+
+
+def describe_engine(e: EngineRecord) -> str:
+    """``tensorrt fp16 640x640 (TensorRT 10.3.0.30, Orin sm87)`` or ``onnxruntime int8 320x320``."""
+    b = e.builder
+    text = f"{b.runtime} {e.precision} {e.resolution[0]}x{e.resolution[1]}"
+    if b.runtime == "tensorrt":
+        cc = f" sm{b.compute_capability[0]}{b.compute_capability[1]}" if b.compute_capability else ""
+        text += f" (TensorRT {b.version}, {b.gpu or 'any GPU'}{cc})"
+    return text
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """Everything checked about one bundle directory; ``problems`` empty means it passes."""
+
+    path: Path
+    manifest: Optional[Manifest] = None
+    manifest_bytes: bytes = b""
+    problems: tuple[str, ...] = ()
+    #: Engines that run on this device, and "file: reason" for those that do not.
+    usable: tuple[EngineRecord, ...] = ()
+    unusable: tuple[str, ...] = ()
+    signed: bool = False
+    signature_checked: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def bundle_id(self) -> str:
+        if self.manifest is None:
+            raise BundleError(f"bundle {self.path}: has no valid manifest")
+        return bundle_id(self.manifest, self.manifest_bytes)
+
+
+def inspect_bundle(
+    path: str | Path,
+    device: DeviceInfo,
+    public_key: str | Path | None = None,
+    *,
+    allow_fallback: bool = True,
+    exact_files: bool = False,
+) -> Inspection:
+    """Every check on one bundle directory: manifest, signature, every file, this device.
+
+    - the manifest parses and its name can name a directory;
+    - with ``public_key``: ``manifest.json.sig`` exists and verifies over the manifest's bytes;
+    - every listed file stays inside the bundle, exists, and has the manifest's size and sha256;
+    - ``exact_files``: no file besides those (installed bundles hold nothing unverified);
+    - at least one engine runs on ``device``; and unless ``allow_fallback``, on a device with
+      TensorRT a bundle of TensorRT engines needs one that fits, not only ONNX Runtime ones.
+
+    A public key that cannot be loaded raises BundleError: the configuration, not the bundle, is
+    at fault, and nothing may pass unchecked.
+    """
+    d = Path(path)
+    mpath = d / MANIFEST_NAME
+    try:
+        raw = mpath.read_bytes()
+    except FileNotFoundError:
+        return Inspection(d, problems=(f"not an engine bundle (no {MANIFEST_NAME})",))
+    except OSError as exc:
+        return Inspection(d, problems=(f"{MANIFEST_NAME}: cannot read ({exc.strerror})",))
+    try:
+        manifest = parse_manifest(raw.decode("utf-8"), MANIFEST_NAME)
+    except UnicodeDecodeError:
+        return Inspection(d, manifest_bytes=raw, problems=(f"{MANIFEST_NAME}: not UTF-8 text",))
+    except BundleError as exc:
+        return Inspection(d, manifest_bytes=raw, problems=(str(exc),))
+
+    problems: list[str] = []
+    if not _NAME_RE.match(manifest.name):
+        problems.append(
+            f"{MANIFEST_NAME}: bundle name {manifest.name[:40]!r} must be letters, digits, '.', '_', '+', '-' "
+            "(at most 100, not starting with '.')"
+        )
+    signed = (d / SIGNATURE_NAME).is_file()
+    if public_key is not None:
+        sig = signature_problem(d, raw, public_key)
+        if sig:
+            problems.append(sig)
+    problems += [f"{n}: reserved name, cannot be an engine or extra file" for n in _listed_files(manifest)
+                 if n in _RESERVED]
+    problems += integrity_problems(d, manifest)  # also refuses names that leave the bundle
+    if exact_files:
+        expected = set(_listed_files(manifest)) | _RESERVED
+        for f in sorted(d.rglob("*")):
+            rel = f.relative_to(d).as_posix()
+            if (f.is_file() or f.is_symlink()) and rel not in expected:
+                problems.append(f"{rel}: not in the manifest (added after install)")
+
+    usable: list[EngineRecord] = []
+    unusable: list[str] = []
+    for e in manifest.engines:
+        reason = incompatibility(e, device)
+        if reason is None:
+            usable.append(e)
+        else:
+            unusable.append(f"{e.file}: {reason}")
+    if not usable:
+        problems.append(f"no engine can run on this device ({device.describe()}): {'; '.join(unusable)}")
+    elif (
+        not allow_fallback
+        and device.tensorrt is not None
+        and any(e.runtime == "tensorrt" for e in manifest.engines)
+        and not any(e.runtime == "tensorrt" for e in usable)
+    ):
+        trt = "; ".join(u for u in unusable)
+        problems.append(
+            f"none of its TensorRT engines fits this device ({trt}); it would run on ONNX Runtime only "
+            "(--allow-fallback installs it anyway)"
+        )
+    return Inspection(
+        d, manifest, raw, tuple(problems), tuple(usable), tuple(unusable),
+        signed=signed, signature_checked=public_key is not None,
+    )
+
+
+@dataclass(frozen=True)
+class InstalledBundle:
+    """One directory of ``ROOT/bundles`` as listed (read, not verified)."""
+
+    id: str
+    path: Path
+    manifest: Optional[Manifest]
+    error: Optional[str] = None
+    active: bool = False
+    previous: bool = False
+
+
+@dataclass(frozen=True)
+class Switch:
+    """What ``active`` pointed to before and after; ``changed`` False when it already was."""
+
+    active: str
+    was_active: Optional[str]
+    changed: bool
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    bundle_id: str
+    path: Path
+    inspection: Inspection
+    #: The same bundle was installed and intact: nothing copied.
+    already_installed: bool = False
+    #: The same bundle was installed but damaged: replaced by the verified copy.
+    repaired: bool = False
+    switch: Optional[Switch] = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _seal(tree: Path) -> None:
+    """Flush a staged bundle to disk; files read-only, directories readable by the daemon's user."""
+    for p in sorted(tree.rglob("*"), reverse=True):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+            p.chmod(0o444)
+        elif p.is_dir():
+            p.chmod(0o755)
+            _fsync_dir(p)
+    tree.chmod(0o755)  # mkdtemp made it 0700; the daemon may run as another user
+    _fsync_dir(tree)
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class EngineStore:
+    """The bundles under one root and the operations on them (see the module docstring)."""
+
+    def __init__(self, root: str | Path, public_key: str | Path | None = None, probe: DeviceProbe = probe_device):
+        self.root = Path(root)
+        self.public_key = Path(public_key) if public_key is not None else None
+        self._probe = probe
+        self._device: DeviceInfo | None = None
+
+    @property
+    def device(self) -> DeviceInfo:
+        if self._device is None:
+            self._device = self._probe()
+        return self._device
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.root / BUNDLES_DIR
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _link(self, name: str) -> str | None:
+        """The bundle id a link points to (whether or not that bundle exists), None when unset."""
+        try:
+            target = os.readlink(self.root / name)
+        except OSError:
+            return None
+        return PurePosixPath(target).name
+
+    def active_id(self) -> str | None:
+        return self._link(ACTIVE)
+
+    def previous_id(self) -> str | None:
+        return self._link(PREVIOUS)
+
+    def ids(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.bundles_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise BundleError(f"engine root {self.root}: cannot list ({exc.strerror})") from None
+
+    def installed(self) -> list[InstalledBundle]:
+        active, previous = self.active_id(), self.previous_id()
+        out = []
+        for bid in self.ids():
+            path = self.bundles_dir / bid
+            manifest: Manifest | None = None
+            error: str | None = None
+            try:
+                manifest = parse_manifest((path / MANIFEST_NAME).read_text(encoding="utf-8"), MANIFEST_NAME)
+            except (OSError, UnicodeDecodeError) as exc:
+                error = f"{MANIFEST_NAME}: cannot read ({exc})"
+            except BundleError as exc:
+                error = str(exc)
+            out.append(InstalledBundle(bid, path, manifest, error, bid == active, bid == previous))
+        return out
+
+    def resolve(self, ref: str) -> str:
+        """An installed bundle id from an id, ``active``/``previous``, a bundle name or an id prefix."""
+        ids = self.ids()
+        if ref in (ACTIVE, PREVIOUS):
+            bid = self._link(ref)
+            if bid is None or bid not in ids:
+                raise BundleError(f"engine root {self.root}: no {ref} bundle")
+            return bid
+        if ref in ids:
+            return ref
+        for matches in ([i for i in ids if i.split("@", 1)[0] == ref], [i for i in ids if i.startswith(ref)]):
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise BundleError(f"bundle {ref!r}: ambiguous, installed are {', '.join(matches)}; name one by id")
+        have = ", ".join(ids) if ids else "none"
+        raise BundleError(f"bundle {ref!r}: not installed in {self.root} (installed: {have})")
+
+    def inspect(self, path: str | Path, *, allow_fallback: bool = True) -> Inspection:
+        """All checks on a bundle directory that is not (yet) installed."""
+        return inspect_bundle(path, self.device, self.public_key, allow_fallback=allow_fallback)
+
+    def inspect_installed(self, bid: str) -> Inspection:
+        """All checks on an installed bundle, also that its manifest still matches its directory name."""
+        path = self.bundles_dir / bid
+        check = inspect_bundle(path, self.device, self.public_key, exact_files=True)
+        if check.manifest is not None and check.bundle_id != bid:
+            extra = f"{MANIFEST_NAME}: does not match the bundle's id {bid} (manifest modified after install)"
+            return Inspection(
+                check.path, check.manifest, check.manifest_bytes, (*check.problems, extra), check.usable,
+                check.unusable, check.signed, check.signature_checked,
+            )
+        return check
+
+    def link_problems(self) -> list[str]:
+        """``active``/``previous`` links that point at no installed bundle."""
+        ids = self.ids()
+        out = []
+        for name in (ACTIVE, PREVIOUS):
+            bid = self._link(name)
+            if bid is not None and bid not in ids:
+                out.append(f"{self.root / name}: points to {bid}, which is not installed")
+        return out
+
+    # -- changing ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, create: bool) -> Iterator[None]:
+        """One changing operation at a time; stale staging/trash from a crash removed first."""
+        if not create and not self.root.is_dir():
+            raise BundleError(f"engine root {self.root}: does not exist (nothing installed)")
+        try:
+            self.bundles_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise BundleError(
+                f"engine root {self.root}: cannot write ({exc.strerror}); run as root or set engines.root"
+            ) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BundleError(
+                    f"engine root {self.root}: another install/activate/rollback/remove is running "
+                    f"({self.root / LOCK_NAME} is locked)"
+                ) from None
+            for p in self.root.iterdir():
+                if p.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
+                    _remove_tree(p)
+                elif p.name.startswith(LINK_TMP_PREFIX):
+                    p.unlink(missing_ok=True)
+            yield
+        finally:
+            os.close(fd)
+
+    def _point(self, link: str, bid: str) -> None:
+        """Make ``ROOT/link`` point to ``bundles/bid`` atomically."""
+        tmp = self.root / f"{LINK_TMP_PREFIX}{link}-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        os.symlink(f"{BUNDLES_DIR}/{bid}", tmp)
+        os.replace(tmp, self.root / link)
+        _fsync_dir(self.root)
+
+    def _switch_to(self, bid: str) -> Switch:
+        old = self.active_id()
+        if old == bid:
+            return Switch(bid, old, changed=False)
+        if old is not None and (self.bundles_dir / old).is_dir():
+            self._point(PREVIOUS, old)
+        elif self.previous_id() == bid:
+            (self.root / PREVIOUS).unlink()
+        self._point(ACTIVE, bid)
+        return Switch(bid, old, changed=True)
+
+    def _stage(self, src: Path, staging: Path) -> None:
+        """Copy the manifest, its signature and the files it lists from ``src`` into ``staging``.
+
+        Only what would make copying itself unsafe or pointless is refused here; everything
+        else is judged on the staged copy.
+        """
+        mpath = src / MANIFEST_NAME
+        try:
+            raw = mpath.read_bytes()
+        except FileNotFoundError:
+            raise BundleError(f"bundle {src}: refused: not an engine bundle (no {MANIFEST_NAME})") from None
+        except OSError as exc:
+            raise BundleError(f"bundle {src}: refused: {MANIFEST_NAME}: cannot read ({exc.strerror})") from None
+        (staging / MANIFEST_NAME).write_bytes(raw)
+        try:
+            manifest = parse_manifest(raw.decode("utf-8"), MANIFEST_NAME)
+        except UnicodeDecodeError:
+            raise BundleError(f"bundle {src}: refused: {MANIFEST_NAME}: not UTF-8 text") from None
+        except BundleError as exc:
+            raise BundleError(f"bundle {src}: refused: {exc}") from None
+        names = _listed_files(manifest)
+        bad = [p for p in (_name_problem(n) for n in names) if p]
+        if bad:
+            raise BundleError(f"bundle {src}: refused: {'; '.join(bad)}")
+        needed = sum(e.bytes for e in manifest.engines)
+        free = shutil.disk_usage(self.root).free  # what an unprivileged writer may use
+        if needed > free:
+            raise BundleError(
+                f"bundle {src}: refused: needs {needed / _MB:.1f} MB, {free / _MB:.1f} MB free in {self.root}"
+            )
+        if (src / SIGNATURE_NAME).is_file():
+            shutil.copyfile(src / SIGNATURE_NAME, staging / SIGNATURE_NAME)
+        for name in names:
+            source = src / name
+            if not source.is_file():  # missing, a directory or a device: reported as missing
+                continue
+            target = staging / name
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+            except OSError as exc:
+                raise BundleError(f"bundle {src}: refused: {name}: cannot copy ({exc.strerror})") from None
+
+    def install(self, source: str | Path, *, activate: bool = False, allow_fallback: bool = False) -> InstallResult:
+        """Copy, verify and publish the bundle in ``source``; with ``activate`` also switch to it."""
+        src = Path(source)
+        if not src.is_dir():
+            why = "not a directory" if src.exists() else "does not exist"
+            raise BundleError(f"bundle {src}: refused: {why}")
+        with self._locked(create=True):
+            try:
+                staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
+            except OSError as exc:
+                raise BundleError(f"engine root {self.root}: cannot write ({exc.strerror})") from None
+            try:
+                self._stage(src, staging)
+                check = self.inspect(staging, allow_fallback=allow_fallback)
+                if check.problems:
+                    raise BundleError(f"bundle {src}: refused: {'; '.join(check.problems)}")
+                bid = check.bundle_id
+                dest = self.bundles_dir / bid
+                already = repaired = False
+                if dest.is_dir():
+                    if self.inspect_installed(bid).ok:
+                        already = True
+                    else:  # damaged on disk: swap in the verified copy
+                        _seal(staging)
+                        trash = self.root / f"{TRASH_PREFIX}{bid}-{os.getpid()}"
+                        os.rename(dest, trash)
+                        os.rename(staging, dest)
+                        _remove_tree(trash)
+                        repaired = True
+                else:
+                    _seal(staging)
+                    os.rename(staging, dest)
+                _fsync_dir(self.bundles_dir)
+            except OSError as exc:
+                raise BundleError(f"bundle {src}: not installed ({exc.strerror}: {exc.filename})") from None
+            finally:
+                _remove_tree(staging)
+            switch = self._switch_to(bid) if activate else None
+            return InstallResult(bid, dest, check, already, repaired, switch, list(check.unusable))
+
+    def activate(self, ref: str) -> Switch:
+        """Verify an installed bundle and make it the active one (the old one becomes previous)."""
+        with self._locked(create=False):
+            bid = self.resolve(ref)
+            check = self.inspect_installed(bid)
+            if check.problems:
+                raise BundleError(f"bundle {bid}: not activated: {'; '.join(check.problems)}")
+            return self._switch_to(bid)
+
+    def rollback(self) -> Switch:
+        """Verify the previous bundle and swap it with the active one."""
+        with self._locked(create=False):
+            prev = self.previous_id()
+            if prev is None:
+                raise BundleError(f"engine root {self.root}: nothing to roll back to (no previous bundle)")
+            if prev not in self.ids():
+                raise BundleError(f"engine root {self.root}: cannot roll back, previous bundle {prev} is not installed")
+            check = self.inspect_installed(prev)
+            if check.problems:
+                raise BundleError(f"bundle {prev}: not rolled back to: {'; '.join(check.problems)}")
+            return self._switch_to(prev)
+
+    def remove(self, ref: str, *, force: bool = False) -> str:
+        """Delete an installed bundle; never the active one, the previous one only with ``force``."""
+        with self._locked(create=False):
+            bid = self.resolve(ref)
+            if bid == self.active_id():
+                raise BundleError(f"bundle {bid}: is the active bundle, not removed (activate another one first)")
+            if bid == self.previous_id():
+                if not force:
+                    raise BundleError(
+                        f"bundle {bid}: is the previous bundle, kept for rollback; not removed (--force removes it)"
+                    )
+                (self.root / PREVIOUS).unlink()
+                _fsync_dir(self.root)
+            trash = self.root / f"{TRASH_PREFIX}{bid}-{os.getpid()}"
+            try:
+                os.rename(self.bundles_dir / bid, trash)
+            except OSError as exc:
+                raise BundleError(f"bundle {bid}: not removed ({exc.strerror})") from None
+            _remove_tree(trash)
+            _fsync_dir(self.root)
+            return bid
