@@ -12,6 +12,7 @@ RUNTIME = [
     "tqdm>=4.66",
     "psutil>=5.9",
     "cryptography>=41",  # ed25519 bundle signatures
+    "paho-mqtt>=2,<3",
 ]
 
 EXTRAS = {

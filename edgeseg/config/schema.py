@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgeseg.config.engines import EnginesConfig
+from edgeseg.config.mqtt import MqttConfig
 from edgeseg.errors import ConfigError
 from edgeseg.postprocess.settings import (
     DEFAULT_CONF_THRESHOLD,
@@ -27,6 +28,7 @@ from edgeseg.postprocess.settings import (
 )
 from edgeseg.sinks.base import SinkOptions
 from edgeseg.sources.base import RECONNECT_INITIAL_S, RECONNECT_MAX_S, SourceOptions
+from edgeseg.sources.uri import mask_credentials
 
 #: The configuration format this code reads.
 CONFIG_VERSION: Final = 1
@@ -135,6 +137,7 @@ class Config(_Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT output; off without a uri")
     engines: EnginesConfig = Field(
         default_factory=EnginesConfig, description="installed bundles, signature key, the daemon's pid file"
     )
@@ -154,7 +157,10 @@ def _describe(error: Mapping[str, Any]) -> str:
         return f"field '{loc}': unknown key"
     if error["type"] == "missing":
         return f"field '{loc}': required"
-    return f"field '{loc}': {msg} (got {error.get('input')!r})"
+    got = error.get("input")
+    if isinstance(got, str):
+        got = mask_credentials(got)  # a broker or camera URI may carry a password
+    return f"field '{loc}': {msg} (got {got!r})"
 
 
 def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,15 @@ def register_sink(kind: str, factory: SinkFactory, usage: str) -> None:
     _KINDS[kind] = SinkKind(factory, usage)
 
 
+def _mqtt_sink(uri: str, options: SinkOptions) -> Sink:
+    from edgeseg.sinks.mqtt import mqtt_sink_from_spec  # imported on use: paho loads only for MQTT
+
+    return mqtt_sink_from_spec(uri, options)
+
+
+register_sink("mqtt", _mqtt_sink, "mqtt:URI        frame results to broker mqtt[s]://HOST[:PORT], queued on disk")
+
+
 def sink_kinds() -> list[str]:
     """The registered kinds, sorted."""
     return sorted(_KINDS)

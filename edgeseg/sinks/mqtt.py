@@ -1,0 +1,595 @@
+"""``mqtt:URI``: frame results to an MQTT broker, stored on disk until the broker acknowledges them.
+
+    write(result) ─► JSON (schema edgeseg/frame-result v1) ─► DiskQueue.put     (pipeline thread)
+                                                                  │
+    feeder thread: oldest waiting rows ─► paho publish (QoS 1) ─► mark in flight (row, mid)
+                   ◄── events: PUBACK(mid) ─► delete row · connected / lost ─► requeue in flight
+                                                                  │
+    paho network thread (loop_start): connect, TLS, keep-alive, reconnect with backoff
+
+Topics, with ``P = <topic_prefix>/<device_id>``: ``P/detections`` (frame results), ``P/available``
+(``online`` on every connect, ``offline`` on close and as Last Will, both retained) and
+``P/stats`` (``publish_stats``: QoS 0, not retained, not queued: a snapshot that the next one
+supersedes; queueing it would spend queue room meant for detections and replay stale numbers).
+
+Guarantees: ``write`` returns once the message is committed to the queue (see
+``edgeseg.sinks.disk_queue`` for what survives what); it never waits on the network. A message
+leaves the queue only on its PUBACK, so a broker outage or a killed daemon loses nothing; after
+a reconnect or a restart whatever was not acknowledged is sent again, oldest first (at least
+once: consumers de-duplicate by ``frame_id``). At most ``max_inflight`` messages are handed to
+paho at a time, so a long backlog stays on disk, not in memory.
+
+Reconnecting is paho's (``reconnect_delay_set`` + ``connect_async`` + ``loop_start``): an
+unreachable broker or refused credentials are not exceptions but one log line per change of
+state (connected, lost, unreachable, refused); ``write`` goes on queueing meanwhile. On every
+connect paho's own copies of unacknowledged messages are dropped (``drop_out_messages``) and
+the queue re-sends them, so there is one source of truth and the order on the wire is the
+queue's order.
+
+Payload size: a payload over ``max_payload_bytes`` has its masks degraded, rle -> polygon ->
+none (the first that fits; counted in ``degraded``); if even a mask-less payload is too large
+the frame is refused with a ``SinkError`` (counted in ``refused``, and by the pipeline).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import queue
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final, NamedTuple
+
+import numpy as np
+from pydantic import ValidationError
+
+from edgeseg.config.mqtt import BrokerAddress, MqttConfig
+from edgeseg.errors import SinkError
+from edgeseg.sinks.base import MaskFormat, Sink, SinkOptions
+from edgeseg.sinks.disk_queue import DiskQueue
+from edgeseg.sinks.serialize import frame_result_to_dict
+from edgeseg.structures import FrameResult
+
+try:
+    import paho.mqtt.client as mqtt
+except ImportError:  # pragma: no cover - paho-mqtt is a runtime dependency
+    raise SinkError("the mqtt sink needs paho-mqtt 2.x: pip install 'paho-mqtt>=2,<3'") from None
+if not hasattr(mqtt, "CallbackAPIVersion"):  # pragma: no cover
+    raise SinkError("the mqtt sink needs paho-mqtt 2.x, found 1.x: pip install 'paho-mqtt>=2,<3'")
+
+log = logging.getLogger(__name__)
+
+TOPIC_DETECTIONS: Final = "detections"
+TOPIC_AVAILABLE: Final = "available"
+TOPIC_STATS: Final = "stats"
+ONLINE: Final = b"online"
+OFFLINE: Final = b"offline"
+AVAILABILITY_QOS: Final = 1
+STATS_QOS: Final = 0
+JSON_SEPARATORS: Final = (",", ":")
+FEEDER_POLL_S: Final = 0.5
+"""The feeder tops up at least this often while connected, even without events."""
+EVENT_BATCH: Final = 1000
+"""Events the feeder handles before it publishes again (acks are deleted in one transaction)."""
+STOP_TIMEOUT_S: Final = 5.0
+"""Longest wait for the ``offline`` message, the network thread and the feeder on close."""
+DRAIN_POLL_S: Final = 0.02
+_ACCEPTED: Final = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
+"""publish() results for which paho holds a QoS>0 message (NO_CONN: it would send it on reconnect)."""
+_BAD_CREDENTIALS: Final = (134, 135)
+"""MQTT 5 reason codes (MQTT 3.1.1 return codes 4 and 5 map to them): bad user name or password,
+not authorised."""
+_DEGRADE: Final[dict[str, tuple[MaskFormat, ...]]] = {
+    "rle": ("rle", "polygon", "none"),
+    "polygon": ("polygon", "none"),
+    "none": ("none",),
+}
+
+
+# ---------------------------------------------------------------------------------------- payload
+
+
+class Payload(NamedTuple):
+    """An encoded frame result and the mask format it ended up with."""
+
+    data: bytes
+    mask_format: MaskFormat
+
+
+def encode_frame_result(result: FrameResult, mask_format: MaskFormat, max_bytes: int) -> Payload:
+    """The frame result as compact JSON of at most ``max_bytes``, masks degraded as needed.
+
+    Raises ``SinkError`` when even the mask-less form is larger than ``max_bytes``.
+    """
+    size = 0
+    for fmt in _DEGRADE[mask_format]:
+        data = json.dumps(frame_result_to_dict(result, fmt), separators=JSON_SEPARATORS).encode("utf-8")
+        if len(data) <= max_bytes:
+            return Payload(data, fmt)
+        size = len(data)
+    raise SinkError(
+        f"mqtt: frame {result.frame.frame_id} is {size} bytes even without masks, over "
+        f"mqtt.max_payload_bytes={max_bytes}; not sent (fewer instances, or a larger limit)"
+    )
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# -------------------------------------------------------------------------------------- publisher
+
+
+class ConnectionState(str, enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    REFUSED = "refused"
+
+
+class _Kind(enum.Enum):
+    ACK = "ack"  # PUBACK (QoS 1), PUBCOMP (QoS 2) or written (QoS 0) for a mid
+    UP = "up"  # connected: start sending from the head of the queue
+    DOWN = "down"  # connection gone: what was in flight goes back to waiting
+    WAKE = "wake"  # a new message was queued
+    STOP = "stop"
+
+
+class _Event(NamedTuple):
+    kind: _Kind
+    mid: int = 0
+
+
+_WAKE: Final = _Event(_Kind.WAKE)
+
+
+class MqttPublisher:
+    """One paho client: credentials, TLS, Last Will, availability, and paho's own reconnects.
+
+    Callbacks run in paho's network thread and do no I/O of their own beyond paho calls: they
+    report acknowledgements and connection changes through the ``events`` queue, and log each
+    change of connection state once.
+
+    Raises:
+        SinkError: TLS files that cannot be loaded.
+    """
+
+    def __init__(self, config: MqttConfig, password: str | None, events: queue.SimpleQueue[_Event]):
+        self.broker: BrokerAddress = config.broker
+        self.client_id = f"edgeseg-{config.device_id}"
+        self.available_topic = config.topic(TOPIC_AVAILABLE)
+        self._events = events
+        self._backoff = f"{config.reconnect_min_s}..{config.reconnect_max_s} s"
+        self._state = ConnectionState.CONNECTING
+        self._state_lock = threading.Lock()
+        self._connected = threading.Event()
+        self._stopping = False
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+        )
+        if config.username is not None:
+            client.username_pw_set(config.username, password)
+        if self.broker.tls:
+            tls = config.tls
+            try:
+                client.tls_set(
+                    ca_certs=None if tls is None else _expand(tls.ca_file),
+                    certfile=None if tls is None else _expand(tls.cert_file),
+                    keyfile=None if tls is None else _expand(tls.key_file),
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise SinkError(f"mqtt: cannot load the TLS files of mqtt.tls: {exc}") from None
+            client.tls_insecure_set(tls is not None and tls.insecure)
+        client.will_set(self.available_topic, OFFLINE, qos=AVAILABILITY_QOS, retain=True)
+        client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)
+        # Our window plus the availability message; the queue never hands paho more.
+        client.max_inflight_messages_set(config.max_inflight + 1)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        self._client = client
+        self._keepalive = config.keepalive_s
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def start(self) -> None:
+        """Connect in the background; paho retries with backoff until ``stop``."""
+        self._client.connect_async(self.broker.host, self.broker.port, keepalive=self._keepalive)
+        self._client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int | None:
+        """Hand one message to paho; its mid, or None when paho did not take it."""
+        try:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        except ValueError as exc:  # an invalid topic or an oversized payload
+            log.error("mqtt: cannot publish to %s: %s", topic, exc)
+            return None
+        if info.rc == mqtt.MQTT_ERR_SUCCESS or (qos > 0 and info.rc in _ACCEPTED):
+            return int(info.mid)
+        return None
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Publish ``offline`` (retained), disconnect cleanly and end the network thread."""
+        self._stopping = True
+        if self.connected:
+            info = self._client.publish(self.available_topic, OFFLINE, qos=AVAILABILITY_QOS, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("mqtt: could not publish 'offline' before disconnecting: %s", exc)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+
+    # -- paho callbacks (network thread) -------------------------------------------------------
+
+    def _set_state(self, state: ConnectionState, level: int, message: str, *args: object) -> None:
+        with self._state_lock:
+            changed = state != self._state
+            self._state = state
+        if changed:
+            log.log(level, message, *args)
+
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, _flags: mqtt.ConnectFlags, reason: Any, _properties: Any
+    ) -> None:
+        if reason.is_failure:
+            hint = " (check mqtt.username and the password)" if reason.value in _BAD_CREDENTIALS else ""
+            self._set_state(
+                ConnectionState.REFUSED, logging.ERROR,
+                "mqtt: broker %s refused the connection: %s%s; retrying every %s, detections are queued on disk",
+                self.broker, reason, hint, self._backoff,
+            )
+            return
+        client.drop_out_messages()  # the disk queue re-sends them, in order
+        client.publish(self.available_topic, ONLINE, qos=AVAILABILITY_QOS, retain=True)
+        self._connected.set()
+        self._set_state(ConnectionState.CONNECTED, logging.INFO, "mqtt: connected to %s as %s",
+                        self.broker, self.client_id)
+        self._events.put(_Event(_Kind.UP))
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        # paho calls this inside its `except OSError:` block: the exception is the reason.
+        exc = sys.exc_info()[1]
+        reason = f"{type(exc).__name__}: {exc}" if exc is not None else "connection failed"
+        self._set_state(
+            ConnectionState.DISCONNECTED, logging.WARNING,
+            "mqtt: cannot reach broker %s (%s); retrying every %s, detections are queued on disk",
+            self.broker, reason, self._backoff,
+        )
+
+    def _on_disconnect(
+        self, client: mqtt.Client, _userdata: Any, _flags: mqtt.DisconnectFlags, reason: Any, _properties: Any
+    ) -> None:
+        client.drop_out_messages()
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        self._events.put(_Event(_Kind.DOWN))
+        if self._stopping:
+            self._set_state(ConnectionState.DISCONNECTED, logging.INFO, "mqtt: disconnected from %s", self.broker)
+        elif was_connected:
+            self._set_state(
+                ConnectionState.DISCONNECTED, logging.WARNING,
+                "mqtt: lost the connection to %s (%s); reconnecting every %s, detections are queued on disk",
+                self.broker, reason, self._backoff,
+            )
+        elif self._state is not ConnectionState.REFUSED:  # closed before CONNACK: TLS or protocol trouble
+            self._set_state(
+                ConnectionState.DISCONNECTED, logging.WARNING,
+                "mqtt: broker %s closed the connection before accepting it (%s%s); retrying every %s, "
+                "detections are queued on disk", self.broker, reason,
+                "; a client certificate it does not accept?" if self.broker.tls else "", self._backoff,
+            )
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _properties: Any) -> None:
+        self._events.put(_Event(_Kind.ACK, mid))
+
+
+# ------------------------------------------------------------------------------------------- sink
+
+
+@dataclass(frozen=True)
+class MqttCounters:
+    """The sink's numbers for the daemon's STATUS= line and the stats topic.
+
+    Attributes:
+        connected: the broker connection is up.
+        state: connecting, connected, disconnected or refused.
+        queued: frame results stored in the disk queue since start.
+        sent: publishes handed to paho (re-sends included).
+        acked: messages acknowledged by the broker and deleted from the queue.
+        dropped: messages discarded by the full-queue policy.
+        queue_depth: messages on disk now (waiting and in flight).
+        inflight: messages sent and not yet acknowledged.
+        degraded: frames whose masks were degraded to fit ``max_payload_bytes``.
+        refused: frames too large even without masks (not sent).
+        stats_published: ``publish_stats`` calls that went out.
+        oldest_queued_s: age of the oldest stored message; None when the queue is empty.
+    """
+
+    connected: bool
+    state: str
+    queued: int
+    sent: int
+    acked: int
+    dropped: int
+    queue_depth: int
+    inflight: int
+    degraded: int
+    refused: int
+    stats_published: int
+    oldest_queued_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class MqttSink(Sink):
+    """Publishes frame results to ``<prefix>/<device>/detections`` through a disk queue.
+
+    Args:
+        config: the ``mqtt`` section (its ``uri`` must be set).
+
+    Raises:
+        SinkError: (one line) MQTT is off, the password file or a TLS file cannot be read, the
+            queue file cannot be opened or is held by another daemon. An unreachable broker or
+            refused credentials are not errors here: they are logged and retried.
+    """
+
+    def __init__(self, config: MqttConfig):
+        if config.uri is None:
+            raise SinkError("mqtt: no broker configured (mqtt.uri is not set)")
+        self.config = config
+        self.broker = config.broker
+        self.mask_format: MaskFormat = config.mask_format
+        self.topic = config.topic(TOPIC_DETECTIONS)
+        self.stats_topic = config.topic(TOPIC_STATS)
+        password = _password(config)
+        _check_tls_files(config)
+        self._queue = DiskQueue(
+            config.queue_path(), config.queue.max_messages, config.queue.policy, config.queue.synchronous
+        )
+        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        try:
+            self._publisher = MqttPublisher(config, password, self._events)
+        except BaseException:
+            self._queue.close()
+            raise
+        self._closed = False
+        self._full = False
+        self._sent = self._degraded = self._refused = self._stats_published = 0
+        self._feeder_errors: set[str] = set()
+        self._feeder = threading.Thread(target=self._feed, name="edgeseg-mqtt-feeder", daemon=True)
+        self._feeder.start()
+        self._publisher.start()
+        log.info("mqtt: publishing to %s on %s (queue %s, %d waiting)",
+                 self.broker, self.topic, self._queue.path, self._queue.depth)
+
+    # -- Sink ----------------------------------------------------------------------------------
+
+    def write(self, result: FrameResult) -> None:
+        """Queue one frame result on disk; returns once it is committed, never waits on the network."""
+        if self._closed:
+            raise SinkError(f"mqtt sink for {self.broker} is closed")
+        try:
+            payload = encode_frame_result(result, self.mask_format, self.config.max_payload_bytes)
+        except SinkError:
+            self._refused += 1
+            raise
+        if payload.mask_format != self.mask_format:
+            self._degraded += 1
+            if self._degraded == 1:
+                log.warning("mqtt: frame %d over mqtt.max_payload_bytes=%d with %s masks: sent with %s "
+                            "(further degradations are counted)", result.frame.frame_id,
+                            self.config.max_payload_bytes, self.mask_format, payload.mask_format)
+        self._queue.put(self.topic, payload.data)
+        self._note_fullness()
+        self._events.put(_WAKE)
+
+    def close(self) -> None:
+        """Wait up to ``drain_timeout_s`` for the queue to empty, publish ``offline``, disconnect.
+
+        What is still queued stays on disk for the next start. Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._publisher.connected and self.config.drain_timeout_s > 0:
+            self.wait_drained(self.config.drain_timeout_s)
+        self._publisher.stop()
+        self._events.put(_Event(_Kind.STOP))
+        self._feeder.join(STOP_TIMEOUT_S)
+        left = self._queue.depth
+        self._queue.close()
+        if left:
+            log.info("mqtt: closed with %d messages queued in %s; they go out after the next start",
+                     left, self._queue.path)
+
+    # -- for the daemon ------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._publisher.connected
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._publisher.state
+
+    def counters(self) -> MqttCounters:
+        q = self._queue.counters()
+        oldest = self._queue.oldest_age_s() if q.depth and not self._closed else None
+        return MqttCounters(
+            connected=self.connected,
+            state=self.state.value,
+            queued=q.queued,
+            sent=self._sent,
+            acked=q.acked,
+            dropped=q.dropped,
+            queue_depth=q.depth,
+            inflight=q.inflight,
+            degraded=self._degraded,
+            refused=self._refused,
+            stats_published=self._stats_published,
+            oldest_queued_s=None if oldest is None else round(oldest, 1),
+        )
+
+    def status(self) -> dict[str, Any]:
+        """``counters()`` as a dict plus the broker: the daemon's ``mqtt`` entry of its stats."""
+        return {"broker": str(self.broker), **self.counters().as_dict()}
+
+    def publish_stats(self, stats: Mapping[str, Any]) -> bool:
+        """Publish a stats snapshot to ``<prefix>/<device>/stats`` (QoS 0, not retained, not queued).
+
+        Returns False (nothing sent) while disconnected. Raises ``SinkError`` for a value that
+        is not JSON.
+        """
+        try:
+            data = json.dumps(dict(stats), separators=JSON_SEPARATORS, default=_json_default).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise SinkError(f"mqtt: stats are not JSON: {exc}") from None
+        if self._closed or not self._publisher.connected:
+            return False
+        if self._publisher.publish(self.stats_topic, data, STATS_QOS) is None:
+            return False
+        self._stats_published += 1
+        return True
+
+    def wait_connected(self, timeout: float) -> bool:
+        """True once connected (within ``timeout`` seconds)."""
+        return self._publisher.wait_connected(timeout)
+
+    def wait_drained(self, timeout: float) -> bool:
+        """True once every queued message is acknowledged (within ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.depth:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(DRAIN_POLL_S)
+        return True
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _note_fullness(self) -> None:
+        full = self._queue.depth >= self._queue.max_messages
+        if full and not self._full:
+            log.warning("mqtt: queue full (%d messages, broker %s %s): now %s, counted as dropped",
+                        self._queue.max_messages, self.broker, self.state.value,
+                        "dropping the oldest" if self._queue.policy == "drop_oldest" else "refusing new ones")
+        elif self._full and not full:
+            log.info("mqtt: queue has room again (%d dropped so far)", self._queue.counters().dropped)
+        self._full = full
+
+    def _feed(self) -> None:
+        """The feeder thread: apply events in order, then top up the in-flight window."""
+        connected = False
+        while True:
+            try:
+                events = [self._events.get(timeout=FEEDER_POLL_S)]
+            except queue.Empty:
+                events = []
+            while len(events) < EVENT_BATCH:
+                try:
+                    events.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                connected, stop = self._apply(events, connected)
+                if stop:
+                    return
+                if connected:
+                    self._top_up()
+            except SinkError as exc:  # the queue file failed (disk full, removed): say so once, retry
+                if str(exc) not in self._feeder_errors:
+                    self._feeder_errors.add(str(exc))
+                    log.error("%s (retrying)", exc)
+                time.sleep(FEEDER_POLL_S)
+
+    def _apply(self, events: list[_Event], connected: bool) -> tuple[bool, bool]:
+        acks: list[int] = []
+        for event in events:
+            if event.kind is _Kind.ACK:
+                acks.append(event.mid)
+            elif event.kind in (_Kind.UP, _Kind.DOWN):
+                self._queue.ack(acks)  # acks that came before the change still count
+                acks = []
+                self._queue.requeue_inflight()
+                connected = event.kind is _Kind.UP
+            elif event.kind is _Kind.STOP:
+                self._queue.ack(acks)
+                return connected, True
+        self._queue.ack(acks)
+        return connected, False
+
+    def _top_up(self) -> None:
+        room = self.config.max_inflight - self._queue.inflight
+        sent: list[tuple[int, int]] = []
+        try:
+            for message in self._queue.peek(room):
+                mid = self._publisher.publish(message.topic, message.payload, self.config.qos)
+                if mid is None:
+                    break
+                sent.append((message.id, mid))
+        finally:
+            self._queue.mark_inflight(sent)
+            self._sent += len(sent)
+
+
+def _password(config: MqttConfig) -> str | None:
+    if config.password is not None:
+        return config.password.get_secret_value()
+    if config.password_file is None:
+        return None
+    path = Path(config.password_file).expanduser()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SinkError(f"mqtt.password_file {str(path)!r}: cannot read ({exc})") from None
+    return lines[0] if lines else ""
+
+
+def _expand(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser())
+
+
+def _check_tls_files(config: MqttConfig) -> None:
+    if config.tls is None:
+        return
+    for field in ("ca_file", "cert_file", "key_file"):
+        value = getattr(config.tls, field)
+        if value is not None and not Path(value).expanduser().is_file():
+            raise SinkError(f"mqtt.tls.{field} {value!r}: no such file")
+
+
+def mqtt_sink_from_spec(uri: str, options: SinkOptions) -> MqttSink:
+    """The ``mqtt:URI`` sink spec: the broker URI with every other setting at its default."""
+    try:
+        config = MqttConfig(uri=uri, mask_format=options.mask_format)
+    except ValidationError as exc:
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise SinkError(f"sink spec 'mqtt:{uri}': {reasons}") from None
+    return MqttSink(config)
