@@ -7,7 +7,7 @@ DEMO_MODEL  ?= $(REALDATA)/models/yolov8n-seg-640-fp32-reconstructed.onnx
 DEMO_SOURCE ?= $(REALDATA)/coco_val2017_subset/images
 DEMO_OUT    ?= out/demo
 
-.PHONY: demo test setup lint typecheck clean typings
+.PHONY: demo test setup lint typecheck clean typings system-deps
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,20 @@ demo: setup
 	$(VENV)/bin/edgeseg run --model $(DEMO_MODEL) --source $(DEMO_SOURCE) \
 		--sink jsonl:$(DEMO_OUT)/results.jsonl --sink video:$(DEMO_OUT)/annotated
 
-test: setup typings
+# System packages the tests use for real: a Mosquitto broker, systemd-analyze, headless Chromium.
+# Installed only where missing and only as root with apt (CI, a fresh device); elsewhere the tests
+# that need them skip and say why.
+SYSTEM_PACKAGES := mosquitto systemd chromium chromium-driver openssl
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "not installed (tests using them will skip): $$missing"; fi
+
+test: setup typings system-deps
 	$(VENV)/bin/ruff check edgeseg export tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
