@@ -234,6 +234,19 @@ def cmd_calibration_collect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_export_stage_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The export stage's own commands (synth, train, ...), when its extra is installed.
+
+    They live in ``export/`` with their heavy imports; without the export extra the runtime's
+    commands still work and these are simply absent from the help.
+    """
+    try:
+        from export.data.cli import add_synth_parser
+    except ImportError:
+        return
+    add_synth_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeseg",
@@ -279,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeseg.flash.cli import add_engines_parser
 
     add_engines_parser(sub)
+    _add_export_stage_parsers(sub)
 
     ex = sub.add_parser("export", help="build an engine bundle from an ONNX model (needs edgeseg[export])")
     ex.add_argument("--recipe", metavar="FILE", help="YAML recipe holding the flags below (flags override it)")
