@@ -234,7 +234,7 @@ def cmd_calibration_collect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_export_stage_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_export_stage_parsers(sub: argparse._SubParsersAction) -> None:
     """The export stage's own commands (synth, train, ...), when its extra is installed.
 
     They live in ``export/`` with their heavy imports; without the export extra the runtime's
