@@ -22,7 +22,10 @@ EXTRAS = {
     "trt": ["tensorrt", "pycuda"],
     "jetson": ["jetson-stats>=4.2"],
     # Test tools, plus the export stage's ONNX tools (its torch-based steps are tested where torch is).
-    "dev": ["pytest>=8", "jsonschema>=4.20", "mypy>=1.10", "ruff>=0.5", "onnx>=1.15", "onnxsim>=0.4", "matplotlib>=3.7"],
+    "dev": [
+        "pytest>=8", "jsonschema>=4.20", "mypy>=1.10", "ruff>=0.5", "selenium>=4.15",
+        "onnx>=1.15", "onnxsim>=0.4", "matplotlib>=3.7",
+    ],
 }
 
 setup(
@@ -33,7 +36,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["edgeseg", "edgeseg.*", "export", "export.*"]),
-    package_data={"edgeseg": ["schemas/*.json"]},
+    package_data={"edgeseg": ["schemas/*.json", "dashboard/static/*"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["edgeseg=edgeseg.cli:main"]},

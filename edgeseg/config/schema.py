@@ -15,6 +15,7 @@ from typing import Any, Final, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgeseg.config.dashboard import DashboardConfig
 from edgeseg.config.engines import EnginesConfig
 from edgeseg.config.mqtt import MqttConfig
 from edgeseg.errors import ConfigError
@@ -138,6 +139,7 @@ class Config(_Strict):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT output; off without a uri")
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="the live web dashboard")
     engines: EnginesConfig = Field(
         default_factory=EnginesConfig, description="installed bundles, signature key, the daemon's pid file"
     )

@@ -1,0 +1,403 @@
+// edgeseg dashboard: the live stream, statistics from Server-Sent Events, and the controls.
+// No libraries and no requests anywhere but this server: the device may have no internet.
+(() => {
+  'use strict';
+
+  // -- access: a ?token= in the address is kept for this tab and removed from the address bar --
+  const params = new URLSearchParams(location.search);
+  let token = sessionStorage.getItem('edgeseg-token') || '';
+  if (params.has('token')) {
+    token = params.get('token') || '';
+    sessionStorage.setItem('edgeseg-token', token);
+    params.delete('token');
+    const rest = params.toString();
+    history.replaceState(null, '', location.pathname + (rest ? '?' + rest : ''));
+  }
+  const url = (path, query) => {
+    const q = new URLSearchParams(query || {});
+    if (token) q.set('token', token);
+    const s = q.toString();
+    return path + (s ? '?' + s : '');
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+  const fmt = (v, digits) => (v === null || v === undefined || Number.isNaN(v)) ? '–' : Number(v).toFixed(digits);
+  const int = (v) => (v === null || v === undefined) ? '–' : Number(v).toLocaleString('en-US');
+  const duration = (s) => {
+    if (s === null || s === undefined) return '–';
+    s = Math.floor(s);
+    const d = Math.floor(s / 86400), h = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60;
+    if (d) return `${d}d ${h}h`;
+    if (h) return `${h}h ${m}m`;
+    return `${m}m ${s % 60}s`;
+  };
+
+  // -- stream ---------------------------------------------------------------------------------
+  const img = $('stream');
+  let view = 'result';
+  let retry = null;
+  const connectStream = () => {
+    clearTimeout(retry);
+    img.src = url('stream.mjpg', { view: view });
+  };
+  img.addEventListener('load', () => $('stream-wait').classList.add('hidden'));
+  img.addEventListener('error', () => {
+    $('stream-wait').classList.remove('hidden');
+    $('stream-wait').textContent = 'stream unavailable, retrying…';
+    retry = setTimeout(connectStream, 2000);
+  });
+  for (const name of ['result', 'input']) {
+    $('view-' + name).addEventListener('click', () => {
+      if (view === name) return;
+      view = name;
+      $('view-result').classList.toggle('on', name === 'result');
+      $('view-input').classList.toggle('on', name === 'input');
+      connectStream();
+    });
+  }
+  connectStream();
+
+  // -- latency chart, drawn by hand -----------------------------------------------------------
+  const HISTORY = 300;
+  const e2e = [];
+  const inf = [];
+  const canvas = $('latency-chart');
+  const niceMax = (v) => {
+    if (!(v > 0)) return 10;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+    return 10 * p;
+  };
+  const drawChart = () => {
+    const dpr = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth, h = canvas.clientHeight || 160;
+    if (canvas.width !== Math.round(w * dpr)) canvas.width = Math.round(w * dpr);
+    if (canvas.height !== Math.round(h * dpr)) canvas.height = Math.round(h * dpr);
+    const g = canvas.getContext('2d');
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, w, h);
+    const left = 40, right = 8, top = 8, bottom = 18;
+    const pw = w - left - right, ph = h - top - bottom;
+    const sorted = e2e.slice().sort((a, b) => a - b);
+    const p98 = sorted.length ? sorted[Math.floor(0.98 * (sorted.length - 1))] : 0;
+    const ymax = niceMax(Math.max(p98, ...inf, 1) * 1.1);
+    g.font = '11px system-ui, sans-serif';
+    g.textAlign = 'right';
+    g.textBaseline = 'middle';
+    for (let i = 0; i <= 4; i++) {
+      const y = top + ph - (ph * i) / 4;
+      g.strokeStyle = i ? '#232a33' : '#39414d';
+      g.lineWidth = 1;
+      g.beginPath(); g.moveTo(left, Math.round(y) + 0.5); g.lineTo(left + pw, Math.round(y) + 0.5); g.stroke();
+      g.fillStyle = '#8a94a3';
+      g.fillText(String(Math.round((ymax * i) / 4 * 10) / 10), left - 6, y);
+    }
+    g.textAlign = 'left';
+    g.textBaseline = 'alphabetic';
+    g.fillText(`last ${e2e.length} frames`, left, h - 3);
+    const series = (data, color) => {
+      if (data.length < 2) return;
+      g.strokeStyle = color;
+      g.lineWidth = 1.5;
+      g.beginPath();
+      data.forEach((v, i) => {
+        const x = left + (pw * i) / (HISTORY - 1) + pw * (HISTORY - data.length) / (HISTORY - 1);
+        const y = top + ph - Math.min(v / ymax, 1) * ph;
+        if (i) g.lineTo(x, y); else g.moveTo(x, y);
+      });
+      g.stroke();
+    };
+    series(e2e, '#4cc2ff');
+    series(inf, '#ffb633');
+  };
+  window.addEventListener('resize', drawChart);
+
+  // -- statistics -----------------------------------------------------------------------------
+  let prev = null;  // {time, frames} of the previous event, for the current frame rate
+  const setText = (id, text) => { const e = $(id); if (e.textContent !== text) e.textContent = text; };
+
+  const renderStats = (s, t) => {
+    if (!s) return;
+    setText('fig-fps', fmt(s.fps, 1));
+    setText('fig-frames', int(s.frames));
+    setText('fig-instances', int(s.instances));
+    setText('fig-dropped', int(s.dropped));
+    setText('fig-skipped', int(s.skipped));
+    setText('fig-errors', int(s.sink_errors));
+    setText('fig-uptime', duration(s.uptime_s));
+    setText('meta-model', s.model || '–');
+    const engine = s.engine ? ` · ${s.engine.precision}` : '';
+    setText('meta-backend', (s.backend || '–') + engine);
+    if (prev && t > prev.time && s.frames >= prev.frames) {
+      setText('live-fps', fmt((s.frames - prev.frames) / (t - prev.time), 1));
+    }
+    prev = { time: t, frames: s.frames };
+    const stages = $('stages');
+    stages.replaceChildren();
+    const medians = s.stage_median_ms || {};
+    for (const [name, ms] of Object.entries(medians)) {
+      const span = el('span', null, name + ' ');
+      span.appendChild(el('b', null, fmt(ms, 1)));
+      span.appendChild(document.createTextNode(' ms'));
+      stages.appendChild(span);
+    }
+    if (Object.keys(medians).length) stages.insertBefore(el('span', null, 'stage medians:'), stages.firstChild);
+  };
+
+  const renderFrame = (f) => {
+    if (!f) return;
+    setText('cap-frame', String(f.frame_id));
+    setText('cap-res', f.resolution ? `${f.resolution[1]}×${f.resolution[0]}` : '–');
+    setText('cap-size', f.image_size ? `${f.image_size[1]}×${f.image_size[0]}` : '–');
+    setText('cap-instances', String(f.instances));
+    setText('cap-name', f.name || '');
+  };
+
+  const renderLatency = (samples) => {
+    for (const [, total, infer] of samples || []) {
+      e2e.push(total);
+      inf.push(infer);
+    }
+    if (e2e.length > HISTORY) { e2e.splice(0, e2e.length - HISTORY); inf.splice(0, inf.length - HISTORY); }
+    if (e2e.length) {
+      const sorted = e2e.slice().sort((a, b) => a - b);
+      setText('fig-latency', fmt(sorted[Math.floor(sorted.length / 2)], 1) + ' ms');
+    }
+    drawChart();
+  };
+
+  const meter = (label, value, percent, hot) => {
+    const box = el('div');
+    const head = el('div', 'meter-label');
+    head.appendChild(el('span', null, label));
+    head.appendChild(el('b', null, value));
+    box.appendChild(head);
+    if (percent !== null && percent !== undefined) {
+      const track = el('div', 'track');
+      const fill = el('div', 'fill');
+      const p = Math.max(0, Math.min(100, percent));
+      fill.style.width = p + '%';
+      if (hot && p >= hot[1]) fill.classList.add('hot');
+      else if (hot && p >= hot[0]) fill.classList.add('warm');
+      track.appendChild(fill);
+      box.appendChild(track);
+    }
+    return box;
+  };
+
+  const renderSystem = (m) => {
+    const box = $('system');
+    box.replaceChildren();
+    if (!m) return;
+    if (m.error) { box.appendChild(el('div', 'muted', m.error)); return; }
+    const has = (v) => v !== undefined && v !== null;
+    if (has(m.cpu_percent)) {
+      const cores = m.cpu_count ? ` (${m.cpu_count} cores)` : '';
+      box.appendChild(meter('CPU' + cores, fmt(m.cpu_percent, 0) + ' %', m.cpu_percent, [70, 90]));
+    }
+    if (has(m.gpu_percent)) box.appendChild(meter('GPU', fmt(m.gpu_percent, 0) + ' %', m.gpu_percent, [80, 95]));
+    if (has(m.gpu_memory_used_mb)) {
+      box.appendChild(meter('GPU memory', `${int(m.gpu_memory_used_mb)} / ${int(m.gpu_memory_total_mb)} MB`,
+        100 * m.gpu_memory_used_mb / m.gpu_memory_total_mb, [75, 90]));
+    }
+    if (has(m.memory_percent)) {
+      const text = has(m.memory_used_mb) ? `${int(m.memory_used_mb)} / ${int(m.memory_total_mb)} MB`
+        : fmt(m.memory_percent, 0) + ' %';
+      box.appendChild(meter('Memory', text, m.memory_percent, [75, 90]));
+    }
+    if (has(m.process_cpu_percent) || has(m.process_rss_mb)) {
+      const parts = [];
+      if (has(m.process_cpu_percent)) parts.push(fmt(m.process_cpu_percent, 0) + ' % CPU');
+      if (has(m.process_rss_mb)) parts.push(fmt(m.process_rss_mb, 0) + ' MB');
+      const share = has(m.process_cpu_percent) ? m.process_cpu_percent / (m.cpu_count || 1) : null;
+      box.appendChild(meter('edgeseg process', parts.join(' · '), share, null));
+    }
+    if (has(m.power_watts)) box.appendChild(meter('Power', fmt(m.power_watts, 1) + ' W', null, null));
+    for (const [name, c] of Object.entries(m.temperatures_c || {})) {
+      box.appendChild(meter(name + ' temperature', fmt(c, 1) + ' °C', c, [70, 85]));
+    }
+    setText('sys-load', m.load_avg ? 'load ' + m.load_avg.map((v) => fmt(v, 2)).join(' ') : '');
+  };
+
+  const renderCounts = (counts) => {
+    const body = $('counts');
+    body.replaceChildren();
+    const classes = (counts && counts.classes) || [];
+    $('counts-empty').classList.toggle('hidden', classes.length > 0);
+    const top = Math.max(1, ...classes.map((c) => c.total));
+    for (const c of classes) {
+      const tr = el('tr');
+      const name = el('td');
+      const dot = el('span', 'dot');
+      dot.style.background = c.color;
+      name.appendChild(dot);
+      name.appendChild(document.createTextNode(c.name));
+      tr.appendChild(name);
+      const bar = el('td', 'bar');
+      const track = el('div', 'track');
+      const fill = el('div', 'fill');
+      fill.style.width = (100 * c.total / top) + '%';
+      fill.style.background = c.color;
+      track.appendChild(fill);
+      bar.appendChild(track);
+      tr.appendChild(bar);
+      tr.appendChild(el('td', 'num', String(c.frame)));
+      tr.appendChild(el('td', 'num', int(c.total)));
+      body.appendChild(tr);
+    }
+  };
+
+  // A rung is a size, or {size, effort, effort_name} from the adaptive picker.
+  const rung = (r) => {
+    if (r === null || r === undefined) return '?';
+    if (typeof r !== 'object') return String(r);
+    const effort = r.effort_name && r.effort_name !== 'full' ? ' ' + r.effort_name : '';
+    return String(r.size ?? '?') + effort;
+  };
+  const renderSwitches = (switches) => {
+    const list = $('switches');
+    list.replaceChildren();
+    $('switches-empty').classList.toggle('hidden', (switches || []).length > 0);
+    for (const s of (switches || []).slice(-50).reverse()) {
+      const li = el('li');
+      const when = s.time ? new Date(s.time * 1000).toLocaleTimeString() + ' ' : '';
+      li.appendChild(document.createTextNode(when));
+      li.appendChild(el('b', null, `${rung(s.from)} → ${rung(s.to)}`));
+      const why = [s.measured, s.reason].filter(Boolean).join(': ');
+      if (why) li.appendChild(document.createTextNode(' ' + why));
+      li.title = s.reason || '';
+      list.appendChild(li);
+    }
+  };
+
+  // -- controls -------------------------------------------------------------------------------
+  const conf = $('conf'), nms = $('nms'), resolution = $('resolution'), source = $('source'), pause = $('pause');
+  let editing = 0;  // until a change is answered, incoming state does not overwrite the widgets
+  let paused = false;
+  let sourceDirty = false;
+
+  const message = (text, kind) => {
+    const m = $('control-msg');
+    m.textContent = text;
+    m.className = 'msg' + (kind ? ' ' + kind : '');
+  };
+
+  const send = async (change) => {
+    editing++;
+    try {
+      const headers = { 'Content-Type': 'application/json' };
+      if (token) headers.Authorization = 'Bearer ' + token;
+      const r = await fetch('api/control', { method: 'POST', headers, body: JSON.stringify(change) });
+      const answer = await r.json().catch(() => ({}));
+      if (!r.ok) {
+        message(answer.error || `refused (${r.status})`, 'bad');
+        return false;
+      }
+      message('applied: ' + Object.entries(change).map(([k, v]) => `${k} = ${v}`).join(', '), 'ok');
+      if (answer.controls) renderControls(answer.controls, true);
+      return true;
+    } catch (e) {
+      message('no answer from the device: ' + e, 'bad');
+      return false;
+    } finally {
+      editing--;
+    }
+  };
+
+  // The slider sends its value 150 ms after it stops moving, or at once when released.
+  let confTimer = null;
+  let confPending = null;
+  const sendConf = () => {
+    clearTimeout(confTimer);
+    confTimer = null;
+    if (confPending === null) return;
+    const value = confPending;
+    confPending = null;
+    send({ conf_threshold: value });
+  };
+  conf.addEventListener('input', () => {
+    confPending = Number(conf.value);
+    setText('conf-value', confPending.toFixed(2));
+    clearTimeout(confTimer);
+    confTimer = setTimeout(sendConf, 150);
+  });
+  conf.addEventListener('change', () => {
+    confPending = Number(conf.value);
+    sendConf();
+  });
+  nms.addEventListener('change', () => send({ nms: nms.value }));
+  resolution.addEventListener('change', () => {
+    const v = resolution.value;
+    send({ resolution: v === 'auto' ? 'auto' : Number(v) });
+  });
+  source.addEventListener('input', () => { sourceDirty = true; });
+  const switchSource = async () => {
+    const uri = source.value.trim();
+    if (!uri) { message('enter a source URI', 'bad'); return; }
+    if (await send({ source: uri })) sourceDirty = false;
+  };
+  $('source-apply').addEventListener('click', switchSource);
+  source.addEventListener('keydown', (e) => { if (e.key === 'Enter') switchSource(); });
+  pause.addEventListener('click', () => send({ paused: !paused }));
+
+  const renderControls = (c, force) => {
+    if (!c) return;
+    paused = !!c.paused;
+    pause.textContent = paused ? 'Resume' : 'Pause';
+    pause.classList.toggle('paused', paused);
+    if (editing && !force) return;
+    if (typeof c.conf_threshold === 'number' && confPending === null && document.activeElement !== conf) {
+      conf.value = String(c.conf_threshold);
+      setText('conf-value', c.conf_threshold.toFixed(2));
+    }
+    if (c.nms && document.activeElement !== nms) nms.value = c.nms;
+    const choices = ['auto', ...(c.resolutions || [])].map(String);
+    const have = Array.from(resolution.options).map((o) => o.value);
+    if (choices.join() !== have.join() && document.activeElement !== resolution) {
+      resolution.replaceChildren(...choices.map((v) => { const o = el('option', null, v); o.value = v; return o; }));
+    }
+    if (c.resolution !== undefined && document.activeElement !== resolution) {
+      const v = String(c.resolution);
+      if (!Array.from(resolution.options).some((o) => o.value === v)) {
+        const o = el('option', null, v); o.value = v; resolution.appendChild(o);
+      }
+      resolution.value = v;
+    }
+    if (typeof c.source === 'string') {
+      setText('meta-source', c.source);
+      if (!sourceDirty && document.activeElement !== source) source.value = c.source;
+    }
+  };
+
+  // -- the event stream -----------------------------------------------------------------------
+  const status = (text, kind) => {
+    const s = $('status');
+    s.textContent = text;
+    s.className = 'pill pill-' + kind;
+  };
+  const events = new EventSource(url('events'));
+  events.addEventListener('stats', (e) => {
+    let p;
+    try { p = JSON.parse(e.data); } catch (err) { return; }
+    renderStats(p.stats, p.time);
+    setText('stats-note', p.stats_error ? 'pipeline restarting…' : '');
+    renderFrame(p.frame);
+    renderLatency(p.latency);
+    renderSystem(p.system);
+    renderCounts(p.counts);
+    renderSwitches(p.switches);
+    renderControls(p.controls, false);
+    if (p.controls && p.controls.paused) status('paused', 'wait');
+    else if (p.stats_error) status('restarting', 'wait');
+    else status('live', 'live');
+    if (img.naturalWidth > 0) $('stream-wait').classList.add('hidden');
+  });
+  events.addEventListener('error', () => status('disconnected', 'bad'));
+  drawChart();
+})();
