@@ -227,6 +227,22 @@ def test_stop_finishes_frames_in_flight(model: Model, images: Path) -> None:
     assert pipeline.counters.captured == pipeline.counters.processed == len(sink.results)
 
 
+def test_pause_holds_a_file_source_without_skipping(model: Model, images: Path) -> None:
+    sink = ListSink()
+    with open_source(str(images), SourceOptions(loop=True)) as source:
+        pipeline = Pipeline(source, _processor(model), [sink])
+        pipeline.set_paused(True)
+        pipeline.start()
+        time.sleep(0.6)
+        assert pipeline.counters.captured == 0 and pipeline.paused
+        pipeline.set_paused(False)
+        while pipeline.counters.processed < 3:
+            time.sleep(0.01)
+        pipeline.stop()
+        assert pipeline.join(30)
+    assert [r.frame.frame_id for r in sink.results][:3] == [0, 1, 2]  # resumed where it held, nothing lost
+
+
 def test_sink_error_is_counted_and_the_run_goes_on(model: Model, images: Path) -> None:
     failing, good = FailingSink(SinkError("disk full: /x")), ListSink()
     with open_source(str(images)) as source:

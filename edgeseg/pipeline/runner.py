@@ -113,6 +113,7 @@ class Pipeline:
         self._to_infer: DoubleBuffer[Work] = DoubleBuffer(newest_only=source.live, on_drop=processor.release)
         self._to_output: DoubleBuffer[Work] = DoubleBuffer()
         self._stop = threading.Event()
+        self._paused = threading.Event()
         self._error: BaseException | None = None
         self._failed_sinks: set[int] = set()
         self._take_lock = threading.Lock()
@@ -157,6 +158,18 @@ class Pipeline:
         """Stop capturing; frames in flight are still finished and written."""
         self._stop.set()
 
+    def set_paused(self, paused: bool) -> None:
+        """Hold capture. Files wait where they are (nothing is skipped); live sources keep being
+        read and their frames discarded, so that resuming shows the present, not a stale buffer."""
+        if paused:
+            self._paused.set()
+        else:
+            self._paused.clear()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the threads; True once all ended. Re-raises a stage's fatal error."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -197,6 +210,12 @@ class Pipeline:
                 self._beat()
                 if self.max_frames and self.counters.captured >= self.max_frames:
                     break
+                if self._paused.is_set():
+                    if self.source.live:
+                        self.source.read(timeout=POLL_S)
+                    else:
+                        self._stop.wait(POLL_S)
+                    continue
                 t0 = time.perf_counter()
                 frame = self.source.read(timeout=POLL_S)
                 if frame is None:
