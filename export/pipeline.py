@@ -14,6 +14,7 @@ once complete (BundleWriter).
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -272,9 +273,29 @@ def _ort_version() -> str:
     return str(onnxruntime.__version__)
 
 
+#: Torch checkpoints accepted as --model; they are exported to a dynamic ONNX first.
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
 def export_bundle(opts: ExportOptions) -> ExportResult:
     """Build, measure and publish the bundle described by ``opts``."""
-    plan = _plan(opts)
+    if opts.model.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        return _export_onnx(opts, opts.model)
+    if not opts.model.is_file():
+        raise ExportError(f"model file not found: {opts.model}")
+    try:
+        from export.torch_export import checkpoint_to_onnx  # noqa: PLC0415 - needs torch
+    except ImportError as exc:
+        raise ExportError(f"{opts.model}: a torch checkpoint needs torch ({exc.name} is missing)") from None
+    with tempfile.TemporaryDirectory(prefix="edgeseg-export-") as tmp:
+        onnx_path = checkpoint_to_onnx(opts.model, Path(tmp) / f"{opts.model.stem}.onnx", dynamic=True)
+        log.info("%s: exported to a dynamic ONNX for the bundle", opts.model)
+        return _export_onnx(opts, onnx_path)
+
+
+def _export_onnx(opts: ExportOptions, onnx_model: Path) -> ExportResult:
+    """The bundle from ``onnx_model``; the manifest names ``opts.model`` (ONNX or checkpoint) as source."""
+    plan = _plan(replace(opts, model=onnx_model))
     for note in plan.notes:
         log.warning("%s", note)
     spec = plan.source.spec
