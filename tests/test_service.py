@@ -226,3 +226,62 @@ def test_unit_file_verifies(tmp_path: Path) -> None:
     rendered.write_text(unit.replace("/opt/edgeseg/venv/bin/edgeseg", str(Path(sys.executable).parent / "edgeseg")))
     proc = subprocess.run(["systemd-analyze", "verify", str(rendered)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
+
+
+def test_serve_hosts_the_dashboard_and_its_controls_reach_the_pipeline(tmp_path: Path, model_dynamic: Path,
+                                                                       val_images: Path) -> None:
+    import re
+    import urllib.request
+
+    from conftest import copy_images
+
+    images = copy_images(val_images, tmp_path / "imgs", 3)
+    cfg, out = tmp_path / "config.yaml", tmp_path / "results.jsonl"
+    _write_config(cfg, model_dynamic, images, out)
+    cfg.write_text(cfg.read_text() + "dashboard:\n  enabled: true\n  port: 0\n"
+                   "adaptive:\n  enabled: true\n  target_fps: 2\n  resolutions: [320, 416]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg", "serve", "--config", str(cfg)], cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if m := re.search(r"dashboard on (http://\S+/)", line):
+                url = m.group(1)
+        assert url, "".join(lines)
+        threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True).start()
+
+        def call(path: str, body: dict | None = None) -> dict:
+            data = json.dumps(body).encode() if body is not None else None
+            req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read())
+
+        while not (state := call("api/state")).get("stats", {}).get("frames"):
+            time.sleep(0.2)
+        call("api/control", {"conf_threshold": 0.7, "resolution": 416})
+        time.sleep(2)
+        state = call("api/state")
+        assert state["controls"]["conf_threshold"] == 0.7 and state["controls"]["resolution"] == 416
+        assert state["stats"]["resolution"] == [416, 416]  # the pinned size is the one running
+        recent = [json.loads(line) for line in out.read_text().splitlines()[-3:]]
+        assert all(i["score"] >= 0.7 for r in recent for i in r["instances"])
+        call("api/control", {"paused": True})
+        time.sleep(1)
+        before = call("api/state")["stats"]["frames"]
+        time.sleep(1.5)
+        assert call("api/state")["stats"]["frames"] == before
+        with urllib.request.urlopen(url + "metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        for family in ("edgeseg_frames_processed_total", "edgeseg_stage_latency_seconds_bucket",
+                       "edgeseg_adaptive_switches_total", "edgeseg_telemetry_source_up"):
+            assert family in metrics, family
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, "".join(lines)

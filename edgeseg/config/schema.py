@@ -15,6 +15,7 @@ from typing import Any, Final, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgeseg.config.adaptive import AdaptiveConfig
 from edgeseg.config.dashboard import DashboardConfig
 from edgeseg.config.engines import EnginesConfig
 from edgeseg.config.mqtt import MqttConfig
@@ -140,6 +141,7 @@ class Config(_Strict):
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT output; off without a uri")
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="the live web dashboard")
+    adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig, description="adaptive input resolution")
     engines: EnginesConfig = Field(
         default_factory=EnginesConfig, description="installed bundles, signature key, the daemon's pid file"
     )

@@ -4,6 +4,10 @@
 runs the backend and returns the tensor to its pool, ``finish`` (output thread) decodes and
 postprocesses into a FrameResult. The threaded pipeline and the plain sequential loop of
 ``edgeseg bench`` call the same three methods, so they measure the same work.
+
+Each Work carries the Model it was prepared for, so the model may be switched between frames
+(the adaptive picker does): a frame in flight is inferred and decoded with the model its tensor
+was sized for, never with the new one.
 """
 
 from __future__ import annotations
@@ -11,13 +15,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import numpy.typing as npt
 
 from edgeseg.decode.prototype import decode_prototype_outputs
 from edgeseg.geometry import Letterbox
-from edgeseg.model import Model
+from edgeseg.model import Model, ModelSpec
 from edgeseg.postprocess import Postprocessor
 from edgeseg.preprocess import Preprocessor, Tensor
 from edgeseg.structures import Frame, FrameResult
@@ -38,13 +43,18 @@ class Work:
     latency_ms: dict[str, float] = field(default_factory=dict)
     #: Order in which an inference worker took the frame (restores order after parallel workers).
     seq: int = -1
+    #: The model this frame was prepared for (its backend infers it, its spec decodes it).
+    model: Optional[Model] = None
 
 
 class FrameProcessor:
     """Preprocess, infer, decode and postprocess for one model.
 
-    ``input_size`` may be changed between frames (the adaptive picker does); each frame keeps
-    the size it was prepared with.
+    ``switch(model)`` (or assigning ``model`` or ``input_size``) changes what the next frame is
+    prepared for; the model and its input size are swapped together, in one assignment that
+    ``prepare`` reads once, and each frame keeps the model and size it was prepared with. All
+    models switched to must share the normalisation and class table of the first (the
+    resolutions of one network or one bundle do).
     """
 
     def __init__(
@@ -54,24 +64,50 @@ class FrameProcessor:
         preprocessor: Preprocessor | None = None,
         inference_workers: int = 1,
     ):
-        self.model = model
-        self.spec = model.spec
+        #: (model, input size) for the next frame, replaced as a whole so a reader never mixes two.
+        self._active: tuple[Model, tuple[int, int]] = (model, model.spec.input_size)
         self.postprocessor = postprocessor
         # Tensors in flight: one being filled, two in the double buffer, one per inference worker.
         self.preprocessor = preprocessor or Preprocessor(model.spec.normalization, pool_size=3 + inference_workers)
-        self.input_size = model.spec.input_size
+
+    @property
+    def model(self) -> Model:
+        """The model the next frame is prepared for."""
+        return self._active[0]
+
+    @model.setter
+    def model(self, model: Model) -> None:
+        self.switch(model)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._active[0].spec
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) the next frame is letterboxed to."""
+        return self._active[1]
+
+    @input_size.setter
+    def input_size(self, size: tuple[int, int]) -> None:
+        self._active = (self._active[0], size)
+
+    def switch(self, model: Model, input_size: tuple[int, int] | None = None) -> None:
+        """Prepare the next frames for ``model`` (at its own input size unless one is given)."""
+        self._active = (model, input_size or model.spec.input_size)
 
     def prepare(self, frame: Frame, timeout: float | None = None) -> Work | None:
         """Letterbox ``frame`` into a pooled tensor; None if no pooled tensor freed in time.
 
         The wait for a free tensor is back-pressure from downstream and is not timed.
         """
-        tensor = self.preprocessor.acquire(self.input_size, timeout)
+        model, input_size = self._active
+        tensor = self.preprocessor.acquire(input_size, timeout)
         if tensor is None:
             return None
         t0 = time.perf_counter()
         letterbox = self.preprocessor.fill(frame.image, tensor)
-        return Work(frame, letterbox, tensor, latency_ms={"preprocess": _ms_since(t0)})
+        return Work(frame, letterbox, tensor, latency_ms={"preprocess": _ms_since(t0)}, model=model)
 
     def release(self, work: Work) -> None:
         """Return the work's tensor to its pool (after inference, or when the frame is dropped)."""
@@ -82,9 +118,10 @@ class FrameProcessor:
     def infer(self, work: Work) -> Work:
         """Run the backend on the work's tensor; the tensor goes back to its pool."""
         assert work.tensor is not None, "infer called twice on one frame"
+        backend = (work.model or self.model).backend
         t0 = time.perf_counter()
         try:
-            work.outputs = self.model.backend.infer(work.tensor)
+            work.outputs = backend.infer(work.tensor)
         finally:
             self.release(work)
         work.latency_ms["infer"] = _ms_since(t0)
@@ -93,11 +130,12 @@ class FrameProcessor:
     def finish(self, work: Work) -> FrameResult:
         """Decode and postprocess the outputs into instances in original-image pixels."""
         settings = self.postprocessor.settings
+        spec = (work.model or self.model).spec
         t0 = time.perf_counter()
         candidates = decode_prototype_outputs(
-            work.outputs[self.spec.pred_index],
-            work.outputs[self.spec.proto_index],
-            self.spec.num_classes,
+            work.outputs[spec.pred_index],
+            work.outputs[spec.proto_index],
+            spec.num_classes,
             settings.conf_threshold,
             multi_label=settings.multi_label,
             max_candidates=settings.max_candidates,
@@ -110,7 +148,7 @@ class FrameProcessor:
         return FrameResult(
             frame=work.frame,
             instances=instances,
-            model=self.spec.name,
+            model=spec.name,
             resolution=work.letterbox.input_size,
             latency_ms=work.latency_ms,
         )

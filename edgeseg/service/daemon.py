@@ -25,17 +25,25 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from edgeseg.adaptive.controller import AdaptiveController, open_adaptive
+from edgeseg.adaptive.ladder import ModelLadder
 from edgeseg.app import Runtime, build_pipeline, build_processor, open_model
 from edgeseg.config import Config, load_config
+from edgeseg.dashboard.feed import DashboardSink
+from edgeseg.dashboard.server import DashboardServer
 from edgeseg.errors import EdgesegError
 from edgeseg.model import Model
+from edgeseg.monitor.metrics import StageHistograms, render_metrics
+from edgeseg.monitor.telemetry import Telemetry
 from edgeseg.pipeline.runner import Pipeline
+from edgeseg.service.controls import DaemonControls
 from edgeseg.service.logs import configure_service_logging
 from edgeseg.service.notify import Notifier, watchdog_interval_s
 from edgeseg.service.stats import snapshot, status_line
 from edgeseg.sinks import create_sink
 from edgeseg.sinks.base import Sink
 from edgeseg.sources import open_source
+from edgeseg.structures import FrameResult
 
 log = logging.getLogger("edgeseg.serve")
 
@@ -49,11 +57,34 @@ PersistentSinks = Callable[[Config], list[Sink]]
 
 @dataclass
 class _Active:
-    """What is running now: its config, runtime and pipeline."""
+    """What is running now: its config, runtime and pipeline, and what watches them."""
 
     config: Config
     runtime: Runtime
     pipeline: Pipeline
+    histograms: StageHistograms
+    controller: AdaptiveController | None = None
+    ladder: ModelLadder | None = None
+
+    def open_ladder(self) -> ModelLadder:
+        """The model per resolution (the picker's, or one opened on demand for a fixed size)."""
+        if self.controller is not None:
+            return self.controller.ladder
+        if self.ladder is None:
+            m, c = self.config.model, self.config
+            self.ladder = ModelLadder.open(
+                m.path or "", self.runtime.model, c.adaptive.resolutions, threads=m.threads, device=m.device,
+                precision=m.precision, workers=c.pipeline.inference_workers,
+            )
+        return self.ladder
+
+    def close(self) -> None:
+        """After the pipeline has been joined: the ladder's extra models, then the runtime."""
+        if self.controller is not None:
+            self.controller.close()
+        if self.ladder is not None:
+            self.ladder.close()
+        self.runtime.close()
 
 
 def _open_runtime(config: Config, model: Model) -> Runtime:
@@ -101,6 +132,25 @@ class Daemon:
         self._started = time.monotonic()
         self._last_stats = 0.0
         self.reloads = 0
+        self.controls = DaemonControls(self, self._open_ladder)
+        self.telemetry: Telemetry | None = None
+
+    @property
+    def active(self) -> _Active | None:
+        """What runs now (None while a reload swaps pipelines)."""
+        return self._active
+
+    def _open_ladder(self) -> ModelLadder:
+        if self._active is None:
+            raise ValueError("the pipeline is restarting; try again")
+        return self._active.open_ladder()
+
+    def switch_source(self, uri: str) -> None:
+        """Reload with ``uri`` as the source (the dashboard's source switch); it stays until restart."""
+        if not uri.strip():
+            raise ValueError("source: expected a URI")
+        self.overrides.setdefault("source", {})["uri"] = uri.strip()
+        self._reload.set()
 
     # -- signals ------------------------------------------------------------------------------
 
@@ -131,9 +181,29 @@ class Daemon:
     def _start(self, config: Config, model: Model | None = None) -> _Active:
         model = model if model is not None else open_model(config)
         runtime = _open_runtime(config, model)
-        pipeline = build_pipeline(config, runtime.source, runtime.processor, [*runtime.sinks, *self._persistent])
+        histograms = StageHistograms()
+        controller = None
+        try:
+            if config.adaptive.enabled:
+                m = config.model
+                controller = open_adaptive(config.adaptive, m.path or "", model, runtime.processor,
+                                           threads=m.threads, device=m.device, precision=m.precision,
+                                           workers=config.pipeline.inference_workers)
+        except Exception:
+            runtime.close()
+            raise
+
+        def on_result(result: FrameResult) -> None:
+            histograms.observe(result)
+            if controller is not None and self.controls.fixed_size is None:
+                controller.observe(result)
+
+        pipeline = build_pipeline(config, runtime.source, runtime.processor, [*runtime.sinks, *self._persistent],
+                                  on_result=on_result)
+        if controller is not None:
+            controller.attach(pipeline)
         pipeline.start()
-        return _Active(config, runtime, pipeline)
+        return _Active(config, runtime, pipeline, histograms, controller)
 
     def _stop_active(self) -> None:
         if self._active is None:
@@ -145,8 +215,8 @@ class Daemon:
         except Exception as exc:  # a stage's failure, re-raised by join: report it, still clean up
             log.error("pipeline ended with: %s", exc)
         finally:
-            self._active.runtime.close()
-            self._active = None
+            active, self._active = self._active, None
+            active.close()
 
     def _do_reload(self) -> None:
         """Switch to the re-read config and model; keep or restore the old ones on failure."""
@@ -171,13 +241,49 @@ class Daemon:
         self.notifier.ready(status_line(self.stats()))
 
     def stats(self) -> dict[str, Any]:
-        assert self._active is not None
-        extra: dict[str, Any] = {"reloads": self.reloads}
+        active = self._active
+        if active is None:
+            return {}
+        extra: dict[str, Any] = {"reloads": self.reloads, "paused": active.pipeline.paused}
         for sink in self._persistent:
             describe = getattr(sink, "status", None)
             if callable(describe):
                 extra["mqtt"] = describe()
-        return snapshot(self._active.pipeline, self._active.runtime.model, self._started, extra)
+        if active.controller is not None:
+            extra["adaptive"] = active.controller.snapshot()
+        if self.telemetry is not None:
+            extra["system"] = self.telemetry.snapshot().as_dict()
+        # The processor's model is the one running now (the picker may have switched it).
+        return snapshot(active.pipeline, active.runtime.processor.model, self._started, extra)
+
+    def metrics(self) -> str:
+        """The Prometheus page for /metrics."""
+        active = self._active
+        if active is None:
+            return render_metrics(telemetry=self.telemetry.snapshot() if self.telemetry else None)
+        return render_metrics(active.pipeline, model=active.runtime.processor.model, histograms=active.histograms,
+                              adaptive=active.controller,
+                              telemetry=self.telemetry.snapshot() if self.telemetry else None)
+
+    def _switches(self) -> list[dict[str, Any]]:
+        active = self._active
+        if active is None or active.controller is None:
+            return []
+        return [s.as_dict() for s in active.controller.history()]
+
+    def _system(self) -> dict[str, Any]:
+        return self.telemetry.snapshot().as_dict() if self.telemetry is not None else {}
+
+    def _start_dashboard(self, config: Config) -> DashboardServer | None:
+        if not config.dashboard.enabled:
+            return None
+        feed = DashboardSink.from_config(config.dashboard)
+        self._persistent.append(feed)
+        server = DashboardServer(config.dashboard, feed, self.controls, self.stats, metrics=self.metrics,
+                                 switches=self._switches, system=self._system)
+        server.start()
+        log.info("dashboard on %s", server.url)
+        return server
 
     def _tick_watchdog(self) -> None:
         if self._active is None:
@@ -221,9 +327,12 @@ class Daemon:
         configure_service_logging(config.log_level, config.service.log_format)
         pid_file = self._write_pid_file(config)
         code = EXIT_OK
+        dashboard: DashboardServer | None = None
+        self.telemetry = Telemetry()
         try:
             if self._persistent_factory is not None:
                 self._persistent = self._persistent_factory(config)
+            dashboard = self._start_dashboard(config)
             self._active = self._start(config)
             interval = watchdog_interval_s()
             log.info("serving: watchdog %s", f"every {interval:.1f} s" if interval else "off (not under systemd)")
@@ -246,8 +355,11 @@ class Daemon:
         finally:
             self.notifier.stopping()
             self._stop_active()
+            if dashboard is not None:
+                dashboard.stop()
             for sink in self._persistent:
                 sink.close()
+            self.telemetry.close()
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
             self.notifier.close()
