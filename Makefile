@@ -17,10 +17,21 @@ $(VENV)/.installed: setup.py
 
 setup: $(VENV)/.installed
 
+# The main job on the CPU default: the bundled demo student (engines/demo, trained by the recipes
+# in export/recipes/) on the deterministic synthetic demo video; without that bundle, the real
+# COCO yolov8n-seg of ../shared/realdata on its images.
+DEMO_BUNDLE ?= engines/demo
 demo: setup
-	@echo "demo: no bundled edgeseg demo model yet; running the real COCO yolov8n-seg from $(REALDATA)"
-	$(VENV)/bin/edgeseg run --model $(DEMO_MODEL) --source $(DEMO_SOURCE) \
-		--sink jsonl:$(DEMO_OUT)/results.jsonl --sink video:$(DEMO_OUT)/annotated
+	@if [ -f $(DEMO_BUNDLE)/manifest.json ]; then \
+		echo "demo: bundled student $(DEMO_BUNDLE) on the synthetic demo video"; \
+		$(VENV)/bin/edgeseg synth --out $(DEMO_OUT) --train 0 --val 0 --video $(DEMO_OUT)/demo.mp4 && \
+		$(VENV)/bin/edgeseg run --model $(DEMO_BUNDLE) --source $(DEMO_OUT)/demo.mp4 \
+			--sink jsonl:$(DEMO_OUT)/results.jsonl --sink video:$(DEMO_OUT)/annotated.mp4; \
+	else \
+		echo "demo: no bundle in $(DEMO_BUNDLE); running the real COCO yolov8n-seg from $(REALDATA)"; \
+		$(VENV)/bin/edgeseg run --model $(DEMO_MODEL) --source $(DEMO_SOURCE) \
+			--sink jsonl:$(DEMO_OUT)/results.jsonl --sink video:$(DEMO_OUT)/annotated; \
+	fi
 
 # System packages the tests use for real: a Mosquitto broker, systemd-analyze, headless Chromium.
 # Installed only where missing and only as root with apt (CI, a fresh device); elsewhere the tests
