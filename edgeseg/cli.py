@@ -242,9 +242,11 @@ def _add_export_stage_parsers(sub: argparse._SubParsersAction) -> None:
     """
     try:
         from export.data.cli import add_synth_parser
+        from export.train.cli import add_train_parser
     except ImportError:
         return
     add_synth_parser(sub)
+    add_train_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -217,3 +217,22 @@ def test_cli_export_errors_are_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("edgeseg: ")
     assert "not a prototype-mask model" in proc.stderr
+
+
+def test_export_accepts_an_edgeseg_checkpoint(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from export.models.edgeseg import ModelConfig, build_model
+    from export.train.checkpoints import Checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    config = ModelConfig.create("tiny", ["circle", "square"], num_masks=8, imgsz=320)
+    model = build_model(config)
+    ckpt = save_checkpoint(Checkpoint(tmp_path / "m.pt", config, model.state_dict()), tmp_path / "m.pt")
+    out = tmp_path / "engines" / "tiny"
+    result = export_bundle(ExportOptions(model=ckpt, out=out, resolutions=(320,), precisions=("fp32",),
+                                         latency_runs=1, progress=False))
+    manifest = result.manifest
+    assert manifest.model.family == "edgeseg" and manifest.model.class_names == ["circle", "square"]
+    assert manifest.model.source == str(ckpt) and manifest.model.num_masks == 8
+    loaded = load_model(out)
+    assert loaded.spec.family == "edgeseg" and loaded.spec.input_size == (320, 320)
