@@ -81,3 +81,19 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[1] / "configs" / "example.yaml"
     config = load_config(example)
     assert config.model.path and config.source.uri
+
+
+@pytest.mark.parametrize(
+    "doc, field, secret",
+    [
+        ({"mqtt": {"password": ["hunter2"]}}, "mqtt.password", "hunter2"),
+        ({"dashboard": {"token": 12345678}}, "dashboard.token", "12345678"),
+        ({"source": {"uri": "rtsp://admin:hunter2@cam/1", "loop": "maybe"}}, "source.loop", "hunter2"),
+        ({"mqtt": {"uri": "ftp://user:hunter2@broker"}}, "mqtt", "hunter2"),
+    ],
+)
+def test_secrets_never_reach_error_messages(doc: dict, field: str, secret: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    assert f"field '{field}" in str(info.value)
+    assert secret not in str(info.value)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Final, Literal, Optional
+from typing import Final, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgeseg.config.errors import describe_validation_error
 from edgeseg.errors import BundleError
 
 MANIFEST_NAME: Final = "manifest.json"
@@ -109,15 +110,6 @@ class Manifest(_Strict):
         return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
 
 
-def _describe(error: Any) -> str:
-    loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        return f"field '{loc}': unknown key"
-    if error["type"] == "missing":
-        return f"field '{loc}': required"
-    return f"field '{loc}': {error['msg']}"
-
-
 def parse_manifest(text: str, origin: str) -> Manifest:
     """Validate manifest JSON text, or raise a one-line BundleError naming ``origin``."""
     try:
@@ -127,7 +119,7 @@ def parse_manifest(text: str, origin: str) -> Manifest:
     try:
         return Manifest.model_validate(doc)
     except ValidationError as exc:
-        raise BundleError(f"{origin}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        raise BundleError(f"{origin}: {describe_validation_error(exc)}") from None
 
 
 def load_manifest(bundle_dir: str | Path) -> Manifest:

@@ -26,6 +26,7 @@ from typing import Any, Final, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
+from edgeseg.config.errors import describe_validation_error
 from edgeseg.errors import ConfigError
 
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -125,17 +126,6 @@ class DashboardConfig(_Strict):
         return token
 
 
-def _describe(error: Mapping[str, Any], origin: str) -> str:
-    loc = ".".join(str(p) for p in error["loc"])
-    where = f"field '{origin}.{loc}'" if loc else f"'{origin}'"
-    if error["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
-    msg = str(error["msg"]).removeprefix("Value error, ")
-    if not loc or loc.split(".")[-1] in ("token", "token_file"):  # secrets stay out of messages
-        return f"{where}: {msg}"
-    return f"{where}: {msg} (got {error.get('input')!r})"
-
-
 def parse_dashboard_config(raw: Any, origin: str = "dashboard") -> DashboardConfig:
     """Validate the ``dashboard`` section alone, or raise a one-line ``ConfigError``."""
     if raw is None:
@@ -145,4 +135,4 @@ def parse_dashboard_config(raw: Any, origin: str = "dashboard") -> DashboardConf
     try:
         return DashboardConfig.model_validate(dict(raw))
     except ValidationError as exc:
-        raise ConfigError("; ".join(_describe(e, origin) for e in exc.errors())) from None
+        raise ConfigError(describe_validation_error(exc, origin)) from None

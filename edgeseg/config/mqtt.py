@@ -40,7 +40,9 @@ from pydantic import (
     model_validator,
 )
 
+from edgeseg.config.errors import describe_validation_error
 from edgeseg.errors import ConfigError
+from edgeseg.sources.uri import mask_credentials
 
 SCHEMES: Final = {"mqtt": 1883, "mqtts": 8883}
 """URI scheme to default port; ``mqtts`` turns TLS on."""
@@ -87,22 +89,23 @@ class BrokerAddress(NamedTuple):
 def parse_broker_uri(uri: str) -> BrokerAddress:
     """Parse a broker URI, or raise ``ValueError`` saying what is wrong with it."""
     expected = "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+    shown = mask_credentials(uri)  # the messages below quote the URI; its password stays out
     try:
         parts = urlsplit(uri.strip())
         port = parts.port
     except ValueError as exc:  # a non-numeric or out-of-range port
-        raise ValueError(f"broker URI {uri!r}: {exc}; {expected}") from None
+        raise ValueError(f"broker URI {shown!r}: {exc}; {expected}") from None
     if parts.scheme not in SCHEMES:
-        raise ValueError(f"broker URI {uri!r}: unknown scheme {parts.scheme!r}; {expected}")
+        raise ValueError(f"broker URI {shown!r}: unknown scheme {parts.scheme!r}; {expected}")
     if parts.username is not None or parts.password is not None:
         raise ValueError("broker URI: put credentials in mqtt.username and mqtt.password_file, "
                          "not in the URI (URIs are logged)")
     if not parts.hostname:
-        raise ValueError(f"broker URI {uri!r}: no host; {expected}")
+        raise ValueError(f"broker URI {shown!r}: no host; {expected}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"broker URI {uri!r}: unexpected path, query or fragment; {expected}")
+        raise ValueError(f"broker URI {shown!r}: unexpected path, query or fragment; {expected}")
     if port == 0:
-        raise ValueError(f"broker URI {uri!r}: port 0; {expected}")
+        raise ValueError(f"broker URI {shown!r}: port 0; {expected}")
     return BrokerAddress(parts.scheme, parts.hostname, port or SCHEMES[parts.scheme])
 
 
@@ -242,17 +245,6 @@ class MqttConfig(_Strict):
         return folder / f"{QUEUE_FILE_PREFIX}-{self.device_id}.db"
 
 
-def _describe(error: Mapping[str, Any], origin: str) -> str:
-    loc = ".".join(str(p) for p in error["loc"])
-    where = f"field '{origin}.{loc}'" if loc else f"'{origin}'"
-    if error["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
-    msg = str(error["msg"]).removeprefix("Value error, ")
-    if not loc or loc.split(".")[-1] in ("uri", "password"):  # the message quotes the URI; secrets stay out
-        return f"{where}: {msg}"
-    return f"{where}: {msg} (got {error.get('input')!r})"
-
-
 def parse_mqtt_config(raw: Any, origin: str = "mqtt") -> MqttConfig:
     """Validate the ``mqtt`` section alone, or raise a one-line ``ConfigError``."""
     if raw is None:
@@ -262,4 +254,4 @@ def parse_mqtt_config(raw: Any, origin: str = "mqtt") -> MqttConfig:
     try:
         return MqttConfig.model_validate(dict(raw))
     except ValidationError as exc:
-        raise ConfigError("; ".join(_describe(e, origin) for e in exc.errors())) from None
+        raise ConfigError(describe_validation_error(exc, origin)) from None

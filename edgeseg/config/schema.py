@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edgeseg.config.adaptive import AdaptiveConfig
 from edgeseg.config.dashboard import DashboardConfig
 from edgeseg.config.engines import EnginesConfig
+from edgeseg.config.errors import describe_validation_error
 from edgeseg.config.mqtt import MqttConfig
 from edgeseg.errors import ConfigError
 from edgeseg.postprocess.settings import (
@@ -30,7 +31,6 @@ from edgeseg.postprocess.settings import (
 )
 from edgeseg.sinks.base import SinkOptions
 from edgeseg.sources.base import RECONNECT_INITIAL_S, RECONNECT_MAX_S, SourceOptions
-from edgeseg.sources.uri import mask_credentials
 
 #: The configuration format this code reads.
 CONFIG_VERSION: Final = 1
@@ -154,19 +154,6 @@ class Config(_Strict):
         return SinkOptions(mask_format=self.output.mask_format, fps=self.output.video_fps, append=append)
 
 
-def _describe(error: Mapping[str, Any]) -> str:
-    loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
-    msg = str(error["msg"])
-    if error["type"] == "extra_forbidden":
-        return f"field '{loc}': unknown key"
-    if error["type"] == "missing":
-        return f"field '{loc}': required"
-    got = error.get("input")
-    if isinstance(got, str):
-        got = mask_credentials(got)  # a broker or camera URI may carry a password
-    return f"field '{loc}': {msg} (got {got!r})"
-
-
 def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in overrides.items():
@@ -187,8 +174,7 @@ def parse_config(raw: Any, overrides: Mapping[str, Any] | None = None, origin: s
     try:
         return Config.model_validate(doc)
     except ValidationError as exc:
-        details = "; ".join(_describe(e) for e in exc.errors())
-        raise ConfigError(f"{origin}: {details}") from None
+        raise ConfigError(f"{origin}: {describe_validation_error(exc)}") from None
 
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
