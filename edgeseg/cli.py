@@ -242,11 +242,15 @@ def _add_export_stage_parsers(sub: argparse._SubParsersAction) -> None:
     """
     try:
         from export.data.cli import add_synth_parser
+        from export.distill.cli import add_distill_parser
+        from export.recipes.cli import add_recipe_parser
+        from export.slim.cli import add_fold_parser, add_prune_parser
         from export.train.cli import add_train_parser
     except ImportError:
         return
-    add_synth_parser(sub)
-    add_train_parser(sub)
+    for add in (add_synth_parser, add_train_parser, add_distill_parser, add_prune_parser, add_fold_parser,
+                add_recipe_parser):
+        add(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,276 @@
+"""Pruning sweep: what network slimming buys and costs, ratio by ratio (DESIGN.md's published table).
+
+For each global channel ratio (0 to 70% by default) the sparsity-trained model is pruned, then
+fine-tuned twice for the same number of steps, on the same batches: once on the labels alone,
+once with distillation from the unpruned model (its own teacher). Every pruned network is
+BN-folded and exported to a static ONNX at the evaluation size, which gives the file size and
+the CPU latency (ONNX Runtime, fp32; the models take turns run by run so that load from other
+processes hits them alike); mask mAP50-95 is scored on the validation set through the runtime
+(``edgeseg eval``'s protocol) before fine-tuning, after it, and after it with distillation.
+
+    .venv/bin/python benchmarks/sweep_pruning.py --model runs/demo/sparse/best.pt \\
+        --data runs/demo/data/instances_train.json --val runs/demo/data/instances_val.json \\
+        [--ratios 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7] [--steps 60] [--batch 8] [--imgsz 256] \\
+        [--eval-imgsz 320] [--threads 1] [--work runs/sweep] [--out docs/pruning_sweep]
+
+Writes ``<out>.md`` (the table, the 50% figures next to the published ones) and ``<out>.png``.
+Resumable: each finished row is kept in ``<work>/rows.json`` and skipped on the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeseg.backends.onnxruntime import OnnxRuntimeBackend
+from edgeseg.errors import EdgesegError
+from export.distill.distiller import DistillConfig, distill
+from export.recipes.runner import evaluate_model
+from export.slim.fold import fold_checkpoint
+from export.slim.prune import check_ratio, prune_checkpoint
+from export.train.dataset import resolve_coco
+from export.train.trainer import TrainConfig, Trainer
+
+log = logging.getLogger("sweep_pruning")
+
+DEFAULT_RATIOS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7"
+#: Fine-tuning: peak learning rate and warm-up (short runs from trained weights).
+FINE_TUNE_LR = 1e-3
+FINE_TUNE_WARMUP = 10
+#: Latency: untimed runs per model, then timed rounds (one run of every model per round).
+WARMUP_RUNS = 5
+LATENCY_ROUNDS = 40
+#: Marks a finished fine-tuning run in its folder.
+FINISHED = "finished"
+#: DESIGN.md's published figures (YOLACT ResNet-101, COCO, 1080Ti): pruning 50% + BN fold.
+PUBLISHED = {"size_mb": (195.0, 84.0), "fps": (28.2, 36.1), "mask_map": (30.62, 28.42)}
+
+
+@dataclass
+class Row:
+    ratio: float
+    parameters: int
+    flops: int
+    file_bytes: int
+    map_pruned: float
+    map_plain: float
+    map_kd: float
+    onnx: str
+    latency_ms: float = 0.0
+
+
+def _fine_tune_config(args: argparse.Namespace, weights: Path, out: Path, images: int) -> TrainConfig:
+    epochs = max(1, math.ceil(args.steps / max(images // args.batch, 1)))
+    return TrainConfig(data=args.data, val=None, imgsz=args.imgsz, epochs=epochs, batch=args.batch, device="cpu",
+                       out=str(out), lr=FINE_TUNE_LR, warmup_steps=FINE_TUNE_WARMUP, workers=0, seed=args.seed,
+                       max_steps=args.steps, weights=str(weights))
+
+
+def _trained(out: Path) -> Path:
+    """The fine-tuned weights of a finished run (no validation: last.pt is the result)."""
+    return out / "last.pt"
+
+
+def _finished(out: Path) -> bool:
+    return (out / FINISHED).is_file() and _trained(out).is_file()
+
+
+def run_row(args: argparse.Namespace, ratio: float, images: int) -> Row:
+    work = Path(args.work) / f"r{round(ratio * 100):02d}"
+    work.mkdir(parents=True, exist_ok=True)
+    pruned = work / "pruned.pt"
+    report = prune_checkpoint(args.model, pruned, ratio, args.imgsz).report
+    log.info("ratio %.2f: %s", ratio, report.describe())
+    folded = fold_checkpoint(pruned, work / "folded.onnx", args.eval_imgsz, dynamic=False).onnx
+    map_pruned = evaluate_model(pruned, Path(args.val), args.eval_imgsz).mask_map
+    if ratio == 0:
+        map_plain = map_kd = map_pruned  # nothing removed, nothing to recover
+    else:
+        plain, kd = work / "plain", work / "kd"
+        if not _finished(plain):  # an interrupted run continues from its last.pt
+            Trainer(_fine_tune_config(args, pruned, plain, images), (plain / "last.pt").is_file() or None,
+                    progress=False).fit()
+            (plain / FINISHED).touch()
+        if not _finished(kd):
+            distill(DistillConfig(teacher=args.model, train=_fine_tune_config(args, pruned, kd, images)),
+                    (kd / "last.pt").is_file() or None, progress=False)
+            (kd / FINISHED).touch()
+        map_plain = evaluate_model(_trained(plain), Path(args.val), args.eval_imgsz).mask_map
+        map_kd = evaluate_model(_trained(kd), Path(args.val), args.eval_imgsz).mask_map
+    return Row(ratio, report.parameters[1], report.flops[1], folded.stat().st_size, map_pruned, map_plain, map_kd,
+               str(folded))
+
+
+def measure_latency(rows: list[Row], size: int, threads: int) -> None:
+    """Median latency of each row's folded ONNX; the models take turns, run by run."""
+    backends = [OnnxRuntimeBackend(r.onnx, threads=threads, device="cpu") for r in rows]
+    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    times: list[list[float]] = [[] for _ in rows]
+    try:
+        for b in backends:
+            for _ in range(WARMUP_RUNS):
+                b.infer(x)
+        for _ in range(LATENCY_ROUNDS):
+            for i, b in enumerate(backends):
+                t0 = time.perf_counter()
+                b.infer(x)
+                times[i].append((time.perf_counter() - t0) * 1e3)
+    finally:
+        for b in backends:
+            b.close()
+    for row, t in zip(rows, times):
+        row.latency_ms = statistics.median(t)
+
+
+def _pct(new: float, old: float) -> str:
+    return f"{100 * (new - old) / old:+.1f}%" if old else "n/a"
+
+
+def write_report(rows: list[Row], args: argparse.Namespace, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = rows[0]
+    ratios = [100 * r.ratio for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax1.plot(ratios, [r.map_pruned for r in rows], "o:", color="grey", label="pruned, no fine-tuning")
+    ax1.plot(ratios, [r.map_plain for r in rows], "s-", label="fine-tuned on labels")
+    ax1.plot(ratios, [r.map_kd for r in rows], "^-", label="fine-tuned with distillation")
+    ax1.axhline(base.map_pruned, color="k", lw=0.8, ls="--", label="unpruned")
+    ax1.set_xlabel("pruned channels (%)")
+    ax1.set_ylabel("mask mAP50-95 (synthetic val)")
+    ax1.set_title("Accuracy")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    for values, label in (([r.parameters for r in rows], "parameters"), ([r.flops for r in rows], "FLOPs"),
+                          ([r.file_bytes for r in rows], "file size"), ([r.latency_ms for r in rows], "CPU latency")):
+        ax2.plot(ratios, [100 * v / values[0] for v in values], "o-", label=label)
+    ax2.set_xlabel("pruned channels (%)")
+    ax2.set_ylabel("% of the unpruned model")
+    ax2.set_title("Cost")
+    ax2.set_ylim(0, 105)
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    fig.suptitle("EdgeSeg pruning sweep (BN-scale slimming, BN folded)")
+    fig.tight_layout()
+    png = out.with_suffix(".png")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+    lines = [
+        "# Pruning sweep",
+        "",
+        f"Model `{args.model}` (after the sparsity phase), pruned by BN |gamma| at a global channel ratio "
+        f"(torch-pruning, dependency-aware), BN folded, exported to a static {args.eval_imgsz}x{args.eval_imgsz} ONNX. "
+        f"Fine-tuning: {args.steps} steps of batch {args.batch} at {args.imgsz} px, once on the labels alone and once "
+        "with distillation from the unpruned model (same steps, same batches). Mask mAP50-95 on "
+        f"`{args.val}` through the runtime ({args.eval_imgsz} px). Latency: ONNX Runtime fp32 on the CPU, "
+        f"{args.threads} thread(s), median of {LATENCY_ROUNDS} runs, models taking turns; a shared machine, so "
+        "compare within the table, not across machines.",
+        "",
+        "Command:",
+        "",
+        "```sh",
+        " ".join(["python", "benchmarks/sweep_pruning.py", *sys.argv[1:]]) if sys.argv[1:] else
+        "python benchmarks/sweep_pruning.py",
+        "```",
+        "",
+        "| pruned | params | GFLOPs | ONNX size | CPU latency | mask mAP pruned | fine-tuned | fine-tuned + KD "
+        "| drop | drop with KD |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {100 * r.ratio:.0f}% | {r.parameters / 1e6:.2f}M ({_pct(r.parameters, base.parameters)}) "
+            f"| {r.flops / 1e9:.2f} ({_pct(r.flops, base.flops)}) "
+            f"| {r.file_bytes / 1e6:.2f} MB ({_pct(r.file_bytes, base.file_bytes)}) "
+            f"| {r.latency_ms:.1f} ms ({_pct(r.latency_ms, base.latency_ms)}) "
+            f"| {r.map_pruned:.3f} | {r.map_plain:.3f} | {r.map_kd:.3f} "
+            f"| {base.map_pruned - r.map_plain:+.3f} | {base.map_pruned - r.map_kd:+.3f} |"
+        )
+    half = next((r for r in rows if abs(r.ratio - 0.5) < 1e-6), None)
+    lines += ["", "![pruning sweep](pruning_sweep.png)", ""]
+    if half is not None:
+        drop_plain, drop_kd = base.map_pruned - half.map_plain, base.map_pruned - half.map_kd
+        ps, pf, pm = PUBLISHED["size_mb"], PUBLISHED["fps"], PUBLISHED["mask_map"]
+        lines += [
+            "## At 50%",
+            "",
+            "| | this sweep | published (YOLACT R-101, COCO, 1080Ti) | target |",
+            "| --- | --- | --- | --- |",
+            f"| model size | {base.file_bytes / 1e6:.2f} -> {half.file_bytes / 1e6:.2f} MB "
+            f"({_pct(half.file_bytes, base.file_bytes)}) | {ps[0]:.0f} -> {ps[1]:.0f} MB ({_pct(ps[1], ps[0])}) "
+            "| at least 50% smaller |",
+            f"| latency | {base.latency_ms:.1f} -> {half.latency_ms:.1f} ms ({_pct(half.latency_ms, base.latency_ms)}) "
+            f"| {pf[0]} -> {pf[1]} FPS ({_pct(1 / pf[1], 1 / pf[0])} per frame) | at least 25% lower |",
+            f"| mask mAP drop, fine-tuned | {drop_plain:+.3f} | {pm[0] - pm[1]:+.2f} (with its fine-tuning) | |",
+            f"| mask mAP drop, fine-tuned with KD | {drop_kd:+.3f} | | at most half the drop without KD "
+            f"({'met' if drop_kd <= max(drop_plain, 0) / 2 else 'not met'}) |",
+            "",
+        ]
+    out.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="sparsity-trained EdgeSeg checkpoint (also the KD teacher)")
+    p.add_argument("--data", required=True, help="training set for fine-tuning")
+    p.add_argument("--val", required=True, help="validation set (COCO json) for mask mAP")
+    p.add_argument("--ratios", default=DEFAULT_RATIOS, help=f"global channel ratios (default {DEFAULT_RATIOS})")
+    p.add_argument("--steps", type=int, default=60, help="fine-tuning steps per run (default 60)")
+    p.add_argument("--batch", type=int, default=8, help="fine-tuning batch (default 8)")
+    p.add_argument("--imgsz", type=int, default=256, help="fine-tuning input size (default 256)")
+    p.add_argument("--eval-imgsz", type=int, default=320, help="evaluation and latency input size (default 320)")
+    p.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default="runs/sweep", help="work folder (resumable)")
+    p.add_argument("--out", default="docs/pruning_sweep", help="report path without suffix (.md and .png)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        ratios = [check_ratio(float(r)) for r in args.ratios.split(",") if r.strip()]
+    except ValueError:
+        print(f"sweep_pruning: --ratios {args.ratios!r}: expected comma-separated numbers", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    try:
+        images = len(json.loads(resolve_coco(args.data).annotations.read_text())["images"])
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+        cache = work / "rows.json"
+        done = {float(r["ratio"]): Row(**r) for r in json.loads(cache.read_text())} if cache.is_file() else {}
+        for ratio in sorted(set(ratios) | {0.0}):
+            if ratio not in done:
+                done[ratio] = run_row(args, ratio, images)
+                cache.write_text(json.dumps([asdict(r) for r in done.values()], indent=1))
+            r = done[ratio]
+            print(f"sweep: {100 * ratio:.0f}%: {r.parameters / 1e6:.2f}M params, {r.flops / 1e9:.2f} GFLOPs, "
+                  f"{r.file_bytes / 1e6:.2f} MB, mask mAP {r.map_pruned:.3f} / {r.map_plain:.3f} / {r.map_kd:.3f}",
+                  flush=True)
+        rows = [done[r] for r in sorted(done) if r in set(ratios) | {0.0}]
+        measure_latency(rows, args.eval_imgsz, args.threads)
+        cache.write_text(json.dumps([asdict(r) for r in done.values()], indent=1))
+        write_report(rows, args, Path(args.out))
+    except EdgesegError as exc:
+        print(f"sweep_pruning: {exc}", file=sys.stderr)
+        return 2
+    print(f"sweep: wrote {Path(args.out).with_suffix('.md')} and {Path(args.out).with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
