@@ -179,8 +179,9 @@ class DistillResult:
 
     def summary_line(self) -> str:
         line = self.train.summary_line().replace("train: ", "distill: ", 1)
-        ratio = (f", {self.teacher_flops / max(self.train.flops, 1):.1f}x fewer FLOPs than the teacher"
-                 if self.teacher_flops else "")
+        flops = self.teacher_flops or 0
+        ratio = (f", teacher {flops / 1e9:.2f} GFLOPs = {flops / max(self.train.flops, 1):.1f}x "
+                 "the student's" if self.teacher_flops else "")
         mode = "label-free" if self.label_free else "with labels"
         return f"{line}; teacher {self.teacher} ({mode}{ratio})"
 

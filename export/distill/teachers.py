@@ -133,7 +133,7 @@ class EdgeSegTeacher:
 
         ckpt = load_checkpoint(path)
         model = build_model(ckpt.model_config, ckpt.deploy_state()).to(device)
-        return cls(model, f"{Path(path).name} ({ckpt.model_config.describe()})")
+        return cls(model, f"{path} ({ckpt.model_config.describe()})")
 
     @property
     def feature_channels(self) -> tuple[int, ...]:
