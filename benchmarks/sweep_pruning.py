@@ -89,7 +89,7 @@ def run_row(args: argparse.Namespace, ratio: float, images: int) -> Row:
     work = Path(args.work) / f"r{round(ratio * 100):02d}"
     work.mkdir(parents=True, exist_ok=True)
     pruned = work / "pruned.pt"
-    report = prune_checkpoint(args.model, pruned, ratio, args.imgsz).report
+    report = prune_checkpoint(args.model, pruned, ratio, args.eval_imgsz).report  # FLOPs at the evaluation size
     log.info("ratio %.2f: %s", ratio, report.describe())
     folded = fold_checkpoint(pruned, work / "folded.onnx", args.eval_imgsz, dynamic=False).onnx
     map_pruned = evaluate_model(pruned, Path(args.val), args.eval_imgsz).mask_map
@@ -188,7 +188,8 @@ def write_report(rows: list[Row], args: argparse.Namespace, out: Path) -> None:
         "python benchmarks/sweep_pruning.py",
         "```",
         "",
-        "| pruned | params | GFLOPs | ONNX size | CPU latency | mask mAP pruned | fine-tuned | fine-tuned + KD "
+        f"| pruned | params | GFLOPs ({args.eval_imgsz} px) | ONNX size | CPU latency | mask mAP pruned | fine-tuned "
+        "| fine-tuned + KD "
         "| drop | drop with KD |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]

@@ -305,6 +305,20 @@ def test_distill_command_refuses_bad_input_in_one_line(shapes: Path, tmp_path: P
     assert not (tmp_path / "r").exists()
 
 
+def test_distill_command_prints_one_summary_line(shapes: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    p = argparse.ArgumentParser(prog="edgeseg")
+    add_distill_parser(p.add_subparsers(dest="command", required=True))
+    teacher = export_model(_model(), tmp_path / "teacher.onnx", SIZE, dynamic=True)
+    args = p.parse_args(["distill", "--teacher", str(teacher), "--data", str(shapes / "train"), "--label-free",
+                         "--classes", "ring,star", "--imgsz", str(SIZE), "--batch", "2", "--max-steps", "1",
+                         "--workers", "0", "--num-masks", str(K), "--device", "cpu", "--threads", "1",
+                         "--out", str(tmp_path / "run")])
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("distill: ") and "label-free" in lines[0]
+
+
 # -- a real prototype-mask ONNX teacher (../shared/realdata) ------------------------------------------
 
 

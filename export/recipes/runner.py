@@ -175,8 +175,12 @@ class LoadedRecipe:
     root: Path
 
     def resolve(self, value: str) -> Path:
+        """A recipe path, relative to the working directory when under it (so records and bundle
+        manifests name ``runs/demo/...``, not this machine's absolute path)."""
         p = Path(value)
-        return p if p.is_absolute() else Path(os.path.normpath(self.root / p))
+        full = p if p.is_absolute() else Path(os.path.normpath(self.root / p))
+        cwd = Path.cwd()
+        return full.relative_to(cwd) if full.is_relative_to(cwd) else full
 
     @property
     def state(self) -> Path:
