@@ -286,6 +286,16 @@ def test_recipe_errors_are_one_line_before_any_work(tmp_path: Path, edit: object
     assert not (tmp_path / "data").exists()  # nothing ran
 
 
+def test_recipe_refuses_a_corrupt_input_checkpoint_before_the_first_stage(tmp_path: Path) -> None:
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"\x80\x02garbage")
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE.format(model=model, ratio=0.5))
+    with pytest.raises(ExportError, match="stage 'prune': checkpoint .*model.pt: not a readable") as info:
+        run_recipe(path)
+    assert "\n" not in str(info.value) and not (tmp_path / "data").exists()
+
+
 def test_recipe_runs_then_skips_finished_stages(tmp_path: Path) -> None:
     model = _checkpoint(tmp_path, _model())
     path = tmp_path / "r.yaml"

@@ -530,6 +530,7 @@ def run_recipe(
         if state == "partial" and not resume:
             raise ExportError(f"recipe {loaded.path}: stage {s.name!r}: {loaded.resolve(s.body.out)} holds {why}; "
                               "pass --resume to continue it, or delete it")
+    _check_checkpoints(loaded, [s for s in chosen if statuses[s.name][0] != "done"])
     if loaded.recipe.threads:
         import torch  # noqa: PLC0415
 
@@ -549,6 +550,24 @@ def run_recipe(
         echo(f"{prefix}: {summary}")
         outcomes.append(StageOutcome(s.name, s.kind, True, summary))
     return outcomes
+
+
+def _check_checkpoints(loaded: LoadedRecipe, to_run: Sequence[Stage]) -> None:
+    """Read every checkpoint the stages to run take as input (and no earlier stage remakes): a
+    corrupt or mismatched one is refused now, not after an hour of the stages before it."""
+    from export.train.checkpoints import load_checkpoint  # noqa: PLC0415
+
+    remade: list[Path] = []
+    for stage in to_run:
+        ins, outs = _inputs_outputs(loaded, stage)
+        for p in ins:
+            if p.suffix.lower() in (".pt", ".pth") and p.is_file() and not any(p == m or m in p.parents
+                                                                                 for m in remade):
+                try:
+                    load_checkpoint(p)
+                except ExportError as exc:
+                    raise ExportError(f"recipe {loaded.path}: stage {stage.name!r}: {exc}") from None
+        remade.extend(outs)
 
 
 def check_recipe(path: str | Path, echo: Any = print) -> LoadedRecipe:
