@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from export.distill.cli import configure_logging
+from export.train.cli import configure_logging
 
 
 def add_recipe_parser(subparsers: Any) -> argparse.ArgumentParser:

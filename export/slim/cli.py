@@ -17,7 +17,7 @@ import argparse
 from typing import Any
 
 from edgeseg.errors import ExportError
-from export.distill.cli import configure_logging
+from export.train.cli import configure_logging
 
 
 def _ratio(text: str) -> float:
