@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,16 @@ def val_images() -> Path:
 @pytest.fixture(scope="session")
 def val_annotations() -> Path:
     return _need(VAL_ANNOTATIONS)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny-model tests, restored afterwards: tiny models gain
+    nothing from intra-op threads, and on a busy 2-core machine their spin-waiting barriers slow
+    each step by an order of magnitude. Modules opt in with ``pytestmark``."""
+    import torch  # noqa: PLC0415 (only the export-stage tests need torch)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

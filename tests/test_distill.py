@@ -36,13 +36,7 @@ SIZE = 64
 K = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    """One torch thread: tiny models on a busy CI machine run many times faster than with several."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(seed: int = 0, size: str = "tiny", names: tuple[str, ...] = SHAPES, confident: bool = True) -> EdgeSeg:

@@ -24,13 +24,7 @@ NAMES = ("circle", "square", "triangle")
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    """One torch thread: tiny models on a busy CI machine run many times faster than with several."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _randomise_bn(model: EdgeSeg, seed: int = 0) -> EdgeSeg:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -43,14 +42,7 @@ DISC_BGR = (30, 60, 220)
 BACKGROUND = 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU their spin-waiting
-    barriers slow each step by an order of magnitude; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_coco(root: Path, count: int, seed: int, split: str = "train") -> Path:
