@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the export stage's torch is not installed")
@@ -17,6 +18,7 @@ from export.recipes.runner import check_recipe, load_recipe, run_recipe  # noqa:
 from export.slim.cli import add_fold_parser, add_prune_parser  # noqa: E402
 from export.slim.fold import FOLD_RTOL, fold_and_verify, fold_checkpoint  # noqa: E402
 from export.slim.prune import check_ratio, layout, protected_layers, prune_checkpoint, prune_model  # noqa: E402
+from export.slim.recalibrate import image_batches, recalibrate_bn, recalibration_images  # noqa: E402
 from export.slim.sparsity import SCHEDULES, BNSparsity, batchnorms, check_sparsity, gamma_summary  # noqa: E402
 from export.train.checkpoints import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 
@@ -182,6 +184,72 @@ def test_mismatched_checkpoint_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
+
+# -- BN recalibration after pruning ----------------------------------------------------------------
+
+
+def _images(folder: Path, count: int = 5, size: int = 48) -> Path:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (size, size + 16, 3), dtype=np.uint8))
+    return folder
+
+
+def test_recalibration_gives_each_bn_the_statistics_of_its_input() -> None:
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+    bn.running_mean.fill_(5.0)
+    batches = [torch.rand(2, 3, 8, 8) for _ in range(3)]
+    assert recalibrate_bn(torch.nn.Sequential(conv, bn), batches) == 6
+    with torch.no_grad():
+        y = torch.cat([conv(x) for x in batches])
+    assert torch.allclose(bn.running_mean, y.mean((0, 2, 3)), atol=1e-5)
+    # the average of the per-batch (unbiased) variances
+    per_batch = torch.stack([conv(x).detach().var((0, 2, 3), unbiased=True) for x in batches]).mean(0)
+    assert torch.allclose(bn.running_var, per_batch, atol=1e-5)
+    assert not bn.training and bn.momentum == 0.1  # left in eval mode, momentum restored
+
+
+def test_recalibration_batches_are_the_runtimes_letterboxed_inputs(tmp_path: Path) -> None:
+    folder = _images(tmp_path / "imgs", count=5)
+    (folder / "notes.txt").write_text("not an image")
+    paths = recalibration_images(folder, limit=5)
+    assert len(paths) == 5  # the text file is not an image
+    batches = list(image_batches(paths, 64, batch=2))
+    assert [b.shape[0] for b in batches] == [2, 2, 1]
+    assert batches[0].shape[1:] == (3, 64, 64) and batches[0].dtype == torch.float32
+    assert float(batches[0].max()) <= 1.0 and abs(float(batches[0][0, 0, 0, 0]) - 114 / 255) < 1e-6  # border
+
+
+def test_prune_with_data_re_estimates_bn_statistics(tmp_path: Path) -> None:
+    source = _checkpoint(tmp_path, _model())
+    folder = _images(tmp_path / "imgs")
+    plain = prune_checkpoint(source, tmp_path / "plain.pt", 0.4, SIZE)
+    recal = prune_checkpoint(source, tmp_path / "recal.pt", 0.4, SIZE, data=folder, bn_images=4)
+    assert plain.bn_images == 0 and "not re-estimated" in plain.summary_line()
+    assert recal.bn_images == 4 and "re-estimated on 4 images" in recal.summary_line()
+    a, b = load_checkpoint(plain.checkpoint).model, load_checkpoint(recal.checkpoint).model
+    means = [k for k in a if k.endswith("running_mean")]
+    assert means and all(a[k].shape == b[k].shape for k in means)  # the same channels were pruned
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.endswith(("running_mean", "running_var", "_tracked")))
+    assert sum(not torch.allclose(a[k], b[k]) for k in means) == len(means)
+
+
+@pytest.mark.parametrize("make", ["missing", "no-images"])
+def test_bad_recalibration_data_is_one_line_before_pruning(tmp_path: Path, make: str) -> None:
+    source = _checkpoint(tmp_path, _model())
+    data = tmp_path / "data"
+    if make == "no-images":
+        data.mkdir()
+        (data / "readme.md").write_text("no pictures here")
+    with pytest.raises(ExportError, match=f"{data}") as info:
+        prune_checkpoint(source, tmp_path / "p.pt", 0.4, SIZE, data=data)
+    assert "\n" not in str(info.value) and not (tmp_path / "p.pt").exists()
+
+
 # -- sparsity --------------------------------------------------------------------------------------
 
 
@@ -252,7 +320,7 @@ stages:
   - name: data
     synth: {{out: data, train: 4, val: 2, size: 64, seed: 0}}
   - name: prune
-    prune: {{model: {model}, out: pruned.pt, ratio: {ratio}, imgsz: 64}}
+    prune: {{model: {model}, out: pruned.pt, ratio: {ratio}, imgsz: 64, data: data/instances_train.json}}
   - name: fold
     fold: {{model: pruned.pt, out: folded.onnx, imgsz: 64, dynamic: false}}
 """

@@ -115,6 +115,8 @@ class PruneStage(_Strict):
     ratio: float = Field(description="global channel ratio, 0 to 0.9")
     imgsz: Optional[int] = Field(None, ge=32, le=1280, multiple_of=32)
     round_to: int = Field(8, ge=0, le=64)
+    data: Optional[str] = Field(None, description="images (folder or COCO dataset) for the pruned BN statistics")
+    bn_images: int = Field(256, ge=1, le=100000)
 
 
 class FoldStage(_Strict):
@@ -236,7 +238,9 @@ def _inputs_outputs(loaded: LoadedRecipe, stage: Stage) -> tuple[list[Path], lis
         if stage.kind == "distill":
             ins.append(r(b.teacher))
         return ins, [r(b.out)]
-    if stage.kind in ("prune", "fold"):
+    if stage.kind == "prune":
+        return [r(b.model)] + ([r(b.data)] if b.data else []), [r(b.out)]
+    if stage.kind == "fold":
         return [r(b.model)], [r(b.out)]
     if stage.kind == "eval":
         return [r(b.model), r(b.data)], [r(b.out)]
@@ -420,7 +424,8 @@ def _run_distill(loaded: LoadedRecipe, b: DistillStage, resume: bool, progress: 
 def _run_prune(loaded: LoadedRecipe, b: PruneStage) -> tuple[str, dict[str, Any]]:
     from export.slim.prune import prune_checkpoint  # noqa: PLC0415
 
-    result = prune_checkpoint(loaded.resolve(b.model), loaded.resolve(b.out), b.ratio, b.imgsz, b.round_to or None)
+    result = prune_checkpoint(loaded.resolve(b.model), loaded.resolve(b.out), b.ratio, b.imgsz, b.round_to or None,
+                              data=loaded.resolve(b.data) if b.data else None, bn_images=b.bn_images)
     rep = result.report
     return result.summary_line(), {"parameters": list(rep.parameters), "flops": list(rep.flops),
                                    "channels": list(rep.channels)}

@@ -42,6 +42,10 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, help="input size for tracing and FLOPs (default: the model's)")
     p.add_argument("--round-to", type=int, default=8,
                    help="keep channel counts multiples of this (default 8; 0: any count)")
+    p.add_argument("--data", metavar="DIR_OR_JSON",
+                   help="images to re-estimate the pruned network's BN statistics on: a folder or a COCO "
+                        "dataset (strongly advised: without it, what pruning removed skews every later layer)")
+    p.add_argument("--bn-images", type=int, default=256, help="most images for the BN statistics (default 256)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
     p.set_defaults(func=cmd_prune)
     return p
@@ -78,7 +82,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     check_ratio(args.ratio)
     if args.round_to < 0:
         raise ExportError(f"prune --round-to {args.round_to}: expected 0 or more")
-    result = prune_checkpoint(args.model, args.out, args.ratio, args.imgsz, args.round_to or None)
+    result = prune_checkpoint(args.model, args.out, args.ratio, args.imgsz, args.round_to or None,
+                              data=args.data, bn_images=args.bn_images)
     print(result.summary_line())
     return 0
 

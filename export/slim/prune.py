@@ -2,7 +2,8 @@
 
     checkpoint ─► EdgeSeg ─► torch-pruning DependencyGraph (traced on the raw head outputs)
                ─► per group: importance (BN |gamma| by default) ─► check the group ─► prune
-               ─► output layout checked (4+nc+k rows, k prototypes) ─► pruned checkpoint
+               ─► output layout checked (4+nc+k rows, k prototypes)
+               ─► BN statistics re-estimated on real images (``export.slim.recalibrate``) ─► pruned checkpoint
 
 The ratio is torch-pruning's global channel ratio: that fraction of all prunable channels goes,
 chosen network-wide by importance (|gamma| relative to its layer's mean, so sparse layers lose
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 
 from edgeseg.errors import ExportError
 from export.models.edgeseg import EdgeSeg, build_model, count_flops, count_parameters
+from export.slim.recalibrate import DEFAULT_IMAGES, image_batches, recalibrate_bn, recalibration_images
 from export.train.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -175,9 +177,12 @@ class PruneResult:
     report: PruneReport
     source: Path
     seconds: float
+    bn_images: int = 0  # images the BN statistics were re-estimated on (0: not re-estimated)
 
     def summary_line(self) -> str:
-        return (f"prune: {self.checkpoint} from {self.source}, {self.report.describe()}; "
+        recal = (f"BN statistics re-estimated on {self.bn_images} images" if self.bn_images
+                 else "BN statistics not re-estimated (no --data)")
+        return (f"prune: {self.checkpoint} from {self.source}, {self.report.describe()}; {recal}; "
                 f"fine-tune it with --weights {self.checkpoint} ({self.seconds:.1f} s)")
 
 
@@ -188,16 +193,28 @@ def prune_checkpoint(
     imgsz: int | None = None,
     round_to: int | None = DEFAULT_ROUND_TO,
     importance: Importance | None = None,
+    data: str | Path | None = None,
+    bn_images: int = DEFAULT_IMAGES,
 ) -> PruneResult:
-    """Prune the deployable weights (EMA when kept) of ``source`` into a weights-only checkpoint ``out``."""
+    """Prune the deployable weights (EMA when kept) of ``source`` into a weights-only checkpoint ``out``.
+
+    With ``data`` (a folder of images or a COCO dataset) the pruned network's BN statistics are
+    then re-estimated on up to ``bn_images`` of its images (``export.slim.recalibrate``): without
+    that, what pruning removed skews every later layer.
+    """
     t0 = time.perf_counter()
     ratio = check_ratio(ratio)
     source, out = Path(source), Path(out)
     if out.suffix.lower() not in (".pt", ".pth"):
         raise ExportError(f"prune output {out}: expected a .pt checkpoint path")
+    if bn_images < 1:
+        raise ExportError(f"prune: {bn_images} BN recalibration images: expected at least 1")
+    images = recalibration_images(data, bn_images) if data is not None else []  # bad data fails now
     ckpt = load_checkpoint(source)
     model = build_model(ckpt.model_config, ckpt.deploy_state())
-    report = prune_model(model, ratio, imgsz or ckpt.model_config.imgsz, importance, round_to)
+    size = imgsz or ckpt.model_config.imgsz
+    report = prune_model(model, ratio, size, importance, round_to)
+    seen = recalibrate_bn(model, image_batches(images, size)) if images else 0
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     pruned = Checkpoint(
         path=out, model_config=model.config, model=state, epoch=ckpt.epoch, step=0,
@@ -206,4 +223,4 @@ def prune_checkpoint(
     )
     save_checkpoint(pruned, out)
     load_checkpoint(out)  # rebuilds from the saved shapes, or says why not
-    return PruneResult(out, report, source, time.perf_counter() - t0)
+    return PruneResult(out, report, source, time.perf_counter() - t0, seen)
