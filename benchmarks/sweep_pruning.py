@@ -1,16 +1,17 @@
 """Pruning sweep: what network slimming buys and costs, ratio by ratio (DESIGN.md's published table).
 
-For each global channel ratio (0 to 70% by default) the sparsity-trained model is pruned, then
-fine-tuned twice for the same number of steps, on the same batches: once on the labels alone,
-once with distillation from the unpruned model (its own teacher). Every pruned network is
+For each global channel ratio (0 to 70% by default) the sparsity-trained model is pruned (its BN
+statistics re-estimated on training images), then fine-tuned twice for the same number of steps,
+on the same batches: once on the labels alone, once with distillation from the unpruned model
+(its own teacher). Every pruned network is
 BN-folded and exported to a static ONNX at the evaluation size, which gives the file size and
 the CPU latency (ONNX Runtime, fp32; the models take turns run by run so that load from other
 processes hits them alike); mask mAP50-95 is scored on the validation set through the runtime
 (``edgeseg eval``'s protocol) before fine-tuning, after it, and after it with distillation.
 
-    .venv/bin/python benchmarks/sweep_pruning.py --model runs/demo/sparse/best.pt \\
+    .venv/bin/python benchmarks/sweep_pruning.py --model runs/demo/student/best.pt \\
         --data runs/demo/data/instances_train.json --val runs/demo/data/instances_val.json \\
-        [--ratios 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7] [--steps 60] [--batch 8] [--imgsz 256] \\
+        [--ratios 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7] [--steps 125] [--batch 8] [--imgsz 256] \\
         [--eval-imgsz 320] [--threads 1] [--work runs/sweep] [--out docs/pruning_sweep]
 
 Writes ``<out>.md`` (the table, the 50% figures next to the published ones) and ``<out>.png``.
@@ -35,6 +36,7 @@ import torch
 from edgeseg.backends.onnxruntime import OnnxRuntimeBackend
 from edgeseg.errors import EdgesegError
 from export.distill.distiller import DistillConfig, distill
+from export.distill.losses import DistillWeights
 from export.recipes.runner import evaluate_model
 from export.slim.fold import fold_checkpoint
 from export.slim.prune import check_ratio, prune_checkpoint
@@ -76,6 +78,11 @@ def _fine_tune_config(args: argparse.Namespace, weights: Path, out: Path, images
                        max_steps=args.steps, weights=str(weights))
 
 
+def kd_weights(args: argparse.Namespace) -> DistillWeights:
+    return DistillWeights(labels=args.kd_labels, cls=args.kd_cls, box=args.kd_box, mask=args.kd_mask,
+                          feature=args.kd_feature).check()
+
+
 def _trained(out: Path) -> Path:
     """The fine-tuned weights of a finished run (no validation: last.pt is the result)."""
     return out / "last.pt"
@@ -89,7 +96,7 @@ def run_row(args: argparse.Namespace, ratio: float, images: int) -> Row:
     work = Path(args.work) / f"r{round(ratio * 100):02d}"
     work.mkdir(parents=True, exist_ok=True)
     pruned = work / "pruned.pt"
-    report = prune_checkpoint(args.model, pruned, ratio, args.eval_imgsz).report  # FLOPs at the evaluation size
+    report = prune_checkpoint(args.model, pruned, ratio, args.eval_imgsz, data=args.data).report  # FLOPs at eval size
     log.info("ratio %.2f: %s", ratio, report.describe())
     folded = fold_checkpoint(pruned, work / "folded.onnx", args.eval_imgsz, dynamic=False).onnx
     map_pruned = evaluate_model(pruned, Path(args.val), args.eval_imgsz).mask_map
@@ -102,8 +109,8 @@ def run_row(args: argparse.Namespace, ratio: float, images: int) -> Row:
                     progress=False).fit()
             (plain / FINISHED).touch()
         if not _finished(kd):
-            distill(DistillConfig(teacher=args.model, train=_fine_tune_config(args, pruned, kd, images)),
-                    (kd / "last.pt").is_file() or None, progress=False)
+            distill(DistillConfig(teacher=args.model, train=_fine_tune_config(args, pruned, kd, images),
+                                  weights=kd_weights(args)), (kd / "last.pt").is_file() or None, progress=False)
             (kd / FINISHED).touch()
         map_plain = evaluate_model(_trained(plain), Path(args.val), args.eval_imgsz).mask_map
         map_kd = evaluate_model(_trained(kd), Path(args.val), args.eval_imgsz).mask_map
@@ -130,6 +137,11 @@ def measure_latency(rows: list[Row], size: int, threads: int) -> None:
             b.close()
     for row, t in zip(rows, times):
         row.latency_ms = statistics.median(t)
+
+
+def _gains(args: argparse.Namespace) -> str:
+    w = kd_weights(args)
+    return f"labels {w.labels:g}, class {w.cls:g}, box {w.box:g}, mask {w.mask:g}, FPN features {w.feature:g}"
 
 
 def _pct(new: float, old: float) -> str:
@@ -176,7 +188,7 @@ def write_report(rows: list[Row], args: argparse.Namespace, out: Path) -> None:
         f"Model `{args.model}` (after the sparsity phase), pruned by BN |gamma| at a global channel ratio "
         f"(torch-pruning, dependency-aware), BN folded, exported to a static {args.eval_imgsz}x{args.eval_imgsz} ONNX. "
         f"Fine-tuning: {args.steps} steps of batch {args.batch} at {args.imgsz} px, once on the labels alone and once "
-        "with distillation from the unpruned model (same steps, same batches). Mask mAP50-95 on "
+        f"with distillation from the unpruned model (same steps, same batches; gains {_gains(args)}). Mask mAP50-95 on "
         f"`{args.val}` through the runtime ({args.eval_imgsz} px). Latency: ONNX Runtime fp32 on the CPU, "
         f"{args.threads} thread(s), median of {LATENCY_ROUNDS} runs, models taking turns; a shared machine, so "
         "compare within the table, not across machines.",
@@ -231,11 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="training set for fine-tuning")
     p.add_argument("--val", required=True, help="validation set (COCO json) for mask mAP")
     p.add_argument("--ratios", default=DEFAULT_RATIOS, help=f"global channel ratios (default {DEFAULT_RATIOS})")
-    p.add_argument("--steps", type=int, default=60, help="fine-tuning steps per run (default 60)")
+    p.add_argument("--steps", type=int, default=125, help="fine-tuning steps per run (default 125)")
     p.add_argument("--batch", type=int, default=8, help="fine-tuning batch (default 8)")
     p.add_argument("--imgsz", type=int, default=256, help="fine-tuning input size (default 256)")
     p.add_argument("--eval-imgsz", type=int, default=320, help="evaluation and latency input size (default 320)")
     p.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (default 1)")
+    d = DistillWeights()
+    p.add_argument("--kd-labels", type=float, default=d.labels, help=f"KD run: gain of the label loss ({d.labels})")
+    p.add_argument("--kd-cls", type=float, default=d.cls, help=f"KD run: class distillation gain ({d.cls})")
+    p.add_argument("--kd-box", type=float, default=d.box, help=f"KD run: box distillation gain ({d.box})")
+    p.add_argument("--kd-mask", type=float, default=d.mask, help=f"KD run: mask distillation gain ({d.mask})")
+    p.add_argument("--kd-feature", type=float, default=d.feature,
+                   help=f"KD run: FPN feature distillation gain ({d.feature})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/sweep", help="work folder (resumable)")
     p.add_argument("--out", default="docs/pruning_sweep", help="report path without suffix (.md and .png)")
