@@ -236,6 +236,8 @@ def test_prune_with_data_re_estimates_bn_statistics(tmp_path: Path) -> None:
     assert means and all(a[k].shape == b[k].shape for k in means)  # the same channels were pruned
     assert all(torch.equal(a[k], b[k]) for k in a if not k.endswith(("running_mean", "running_var", "_tracked")))
     assert sum(not torch.allclose(a[k], b[k]) for k in means) == len(means)
+    kept = prune_checkpoint(source, tmp_path / "kept.pt", 0.0, SIZE, data=folder)
+    assert kept.bn_images == 0 and "kept (nothing pruned)" in kept.summary_line()
 
 
 @pytest.mark.parametrize("make", ["missing", "no-images"])

@@ -180,8 +180,12 @@ class PruneResult:
     bn_images: int = 0  # images the BN statistics were re-estimated on (0: not re-estimated)
 
     def summary_line(self) -> str:
-        recal = (f"BN statistics re-estimated on {self.bn_images} images" if self.bn_images
-                 else "BN statistics not re-estimated (no --data)")
+        if self.bn_images:
+            recal = f"BN statistics re-estimated on {self.bn_images} images"
+        elif self.report.groups == 0:
+            recal = "BN statistics kept (nothing pruned)"
+        else:
+            recal = "BN statistics not re-estimated (no --data)"
         return (f"prune: {self.checkpoint} from {self.source}, {self.report.describe()}; {recal}; "
                 f"fine-tune it with --weights {self.checkpoint} ({self.seconds:.1f} s)")
 
@@ -214,7 +218,8 @@ def prune_checkpoint(
     model = build_model(ckpt.model_config, ckpt.deploy_state())
     size = imgsz or ckpt.model_config.imgsz
     report = prune_model(model, ratio, size, importance, round_to)
-    seen = recalibrate_bn(model, image_batches(images, size)) if images else 0
+    # Nothing pruned, nothing to correct: the trained statistics stay (they are the better estimate).
+    seen = recalibrate_bn(model, image_batches(images, size)) if images and report.groups else 0
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     pruned = Checkpoint(
         path=out, model_config=model.config, model=state, epoch=ckpt.epoch, step=0,
