@@ -20,13 +20,12 @@ requests (a browser cannot set headers on ``<img>`` or ``EventSource``).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
-from edgeseg.config.errors import describe_validation_error
+from edgeseg.config.errors import parse_section
 from edgeseg.errors import ConfigError
 
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -128,11 +127,4 @@ class DashboardConfig(_Strict):
 
 def parse_dashboard_config(raw: Any, origin: str = "dashboard") -> DashboardConfig:
     """Validate the ``dashboard`` section alone, or raise a one-line ``ConfigError``."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{origin}: expected a mapping, found {type(raw).__name__}")
-    try:
-        return DashboardConfig.model_validate(dict(raw))
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, origin)) from None
+    return parse_section(DashboardConfig, raw, origin)

@@ -9,11 +9,14 @@ the input of a secret field is never shown, and any URI shown has its password m
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from edgeseg.errors import ConfigError
 from edgeseg.sources.uri import mask_credentials
+
+Section = TypeVar("Section", bound=BaseModel)
 
 #: Fields whose values are never echoed back, wherever they sit in a document.
 SECRET_FIELDS = frozenset({"password", "password_file", "token", "token_file"})
@@ -43,3 +46,16 @@ def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
     """Every error of ``exc`` on one line, separated by '; '."""
     return "; ".join(describe_error(e, prefix) for e in exc.errors())
+
+
+def parse_section(model: type[Section], raw: Any, origin: str) -> Section:
+    """Validate one configuration section on its own (absent: all defaults), or raise a one-line
+    ``ConfigError`` prefixed with ``origin``."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{origin}: expected a mapping, found {type(raw).__name__}")
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, origin)) from None

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, Optional
 from urllib.parse import urlsplit
@@ -34,14 +33,12 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from edgeseg.config.errors import describe_validation_error
-from edgeseg.errors import ConfigError
+from edgeseg.config.errors import parse_section
 from edgeseg.sources.uri import mask_credentials
 
 SCHEMES: Final = {"mqtt": 1883, "mqtts": 8883}
@@ -247,11 +244,4 @@ class MqttConfig(_Strict):
 
 def parse_mqtt_config(raw: Any, origin: str = "mqtt") -> MqttConfig:
     """Validate the ``mqtt`` section alone, or raise a one-line ``ConfigError``."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{origin}: expected a mapping, found {type(raw).__name__}")
-    try:
-        return MqttConfig.model_validate(dict(raw))
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, origin)) from None
+    return parse_section(MqttConfig, raw, origin)
