@@ -6,7 +6,7 @@ from typing import Literal
 
 from edgeseg.bundle.device import DeviceInfo
 from edgeseg.bundle.manifest import EngineRecord, Manifest
-from edgeseg.bundle.verify import incompatibility
+from edgeseg.bundle.verify import partition_engines
 from edgeseg.errors import BundleError
 
 PrecisionChoice = Literal["auto", "fp32", "fp16", "int8"]
@@ -22,14 +22,7 @@ def _speed_key(e: EngineRecord) -> tuple[float, int]:
 
 def compatible_engines(manifest: Manifest, device: DeviceInfo) -> tuple[list[EngineRecord], list[str]]:
     """Engines that can run here (TensorRT ones first when any fits) and why the others cannot."""
-    ok: list[EngineRecord] = []
-    refused: list[str] = []
-    for e in manifest.engines:
-        reason = incompatibility(e, device)
-        if reason is None:
-            ok.append(e)
-        else:
-            refused.append(f"{e.file}: {reason}")
+    ok, refused = partition_engines(manifest, device)
     if any(e.runtime == "tensorrt" for e in ok):
         ok = [e for e in ok if e.runtime == "tensorrt"]
     return ok, refused

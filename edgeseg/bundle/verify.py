@@ -67,3 +67,16 @@ def incompatibility(engine: EngineRecord, device: DeviceInfo) -> str | None:
     if b.gpu is not None and b.gpu != device.gpu:
         return f"built for GPU {b.gpu!r}, this device has {device.gpu!r}"
     return None
+
+
+def partition_engines(manifest: Manifest, device: DeviceInfo) -> tuple[list[EngineRecord], list[str]]:
+    """The engines of ``manifest`` that can run on ``device``, and ``'file: why not'`` for the rest."""
+    usable: list[EngineRecord] = []
+    unusable: list[str] = []
+    for e in manifest.engines:
+        reason = incompatibility(e, device)
+        if reason is None:
+            usable.append(e)
+        else:
+            unusable.append(f"{e.file}: {reason}")
+    return usable, unusable

@@ -50,7 +50,7 @@ from typing import Callable, Final, Optional
 
 from edgeseg.bundle.device import DeviceInfo, probe_device
 from edgeseg.bundle.manifest import MANIFEST_NAME, EngineRecord, Manifest, parse_manifest
-from edgeseg.bundle.verify import incompatibility, integrity_problems
+from edgeseg.bundle.verify import integrity_problems, partition_engines
 from edgeseg.errors import BundleError
 from edgeseg.flash.signature import SIGNATURE_NAME, signature_problem
 
@@ -183,14 +183,7 @@ def inspect_bundle(
             if (f.is_file() or f.is_symlink()) and rel not in expected:
                 problems.append(f"{rel}: not in the manifest (added after install)")
 
-    usable: list[EngineRecord] = []
-    unusable: list[str] = []
-    for e in manifest.engines:
-        reason = incompatibility(e, device)
-        if reason is None:
-            usable.append(e)
-        else:
-            unusable.append(f"{e.file}: {reason}")
+    usable, unusable = partition_engines(manifest, device)
     if not usable:
         problems.append(f"no engine can run on this device ({device.describe()}): {'; '.join(unusable)}")
     elif (
