@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except EdgesegError as exc:
-        print(f"edgeseg: {exc}", file=sys.stderr)
+        print(f"edgeseg: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever a message holds
         return exc.exit_code
     except KeyboardInterrupt:
         print("edgeseg: interrupted", file=sys.stderr)

@@ -19,11 +19,11 @@ from typing import Any, Callable
 
 import pytest
 
+from edgeseg import cli
 from edgeseg.bundle.device import DeviceInfo
 from edgeseg.bundle.manifest import BuilderRecord, EngineRecord, Manifest, ModelRecord
 from edgeseg.config.engines import EnginesConfig
 from edgeseg.errors import BundleError
-from edgeseg.flash import cli
 from edgeseg.flash.daemon import reload_daemon
 from edgeseg.flash.signature import SIGNATURE_NAME, generate_keypair, sign_bundle
 from edgeseg.flash.store import EngineStore

@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from edgeseg.config.engines import EnginesConfig
-from edgeseg.errors import ConfigError, EdgesegError
+from edgeseg.errors import ConfigError
 
 if TYPE_CHECKING:
     from edgeseg.flash.daemon import DaemonNotice
@@ -268,22 +267,3 @@ def add_engines_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keygen)
     return eng
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``edgeseg engines ...`` on its own (``argv`` starts with ``engines``), errors as one line."""
-    parser = argparse.ArgumentParser(prog="edgeseg")
-    add_engines_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.func(args)
-        return code
-    except EdgesegError as exc:
-        print(f"edgeseg: {' '.join(str(exc).split())}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("edgeseg: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
