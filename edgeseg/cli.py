@@ -201,9 +201,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         from export.pipeline import export_bundle, parse_precisions, parse_resolutions
         from export.recipe import build_options
     except ImportError as exc:  # the export stage's own dependencies are an extra
-        raise ExportError(
-            f"the export stage needs its extra dependencies ({exc.name} is missing): pip install 'edgeseg[export]'"
-        ) from None
+        raise ExportError.missing_dependency("edgeseg export", exc) from None
 
     overrides = {
         "model": args.model, "out": args.out,

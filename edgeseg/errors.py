@@ -40,3 +40,9 @@ class BundleError(EdgesegError):
 
 class ExportError(EdgesegError):
     """An export input (model, calibration images, options) is unusable, or a build failed."""
+
+    @classmethod
+    def missing_dependency(cls, command: str, exc: ImportError) -> ExportError:
+        """The one-line error of an export command run without the ``export`` extra installed."""
+        return cls(f"{command} needs the export stage's dependencies ({exc.name} is missing): "
+                   "pip install 'edgeseg[export]'")

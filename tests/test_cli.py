@@ -200,3 +200,11 @@ def test_unreachable_rtsp_keeps_the_run_alive_until_sigterm(model_640: Path, tmp
     assert "Traceback" not in stderr and "secret" not in stderr
     assert f"127.0.0.1:{port}" in stderr  # the reconnect attempts are logged, naming the URI
     assert stdout.startswith("run: 0 frames")
+
+
+def test_missing_export_extra_is_one_line_naming_the_module_and_the_fix() -> None:
+    from edgeseg.errors import ExportError
+
+    err = ExportError.missing_dependency("edgeseg train", ImportError("No module named 'torch'", name="torch"))
+    assert str(err) == ("edgeseg train needs the export stage's dependencies (torch is missing): "
+                        "pip install 'edgeseg[export]'")

@@ -68,8 +68,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         from export.distill.distiller import DistillConfig, distill  # noqa: PLC0415
         from export.distill.losses import DistillWeights  # noqa: PLC0415
     except ImportError as exc:  # the export stage's own dependencies are an extra
-        raise ExportError(f"edgeseg distill needs the export stage's dependencies ({exc.name} is missing): "
-                          "pip install 'edgeseg[export]'") from None
+        raise ExportError.missing_dependency("edgeseg distill", exc) from None
     if args.classes and not args.label_free:
         raise ExportError("distill: --classes applies to --label-free only (with labels the data names the classes)")
     weights = DistillWeights(

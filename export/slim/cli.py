@@ -68,17 +68,12 @@ def add_fold_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _imports_failed(exc: ImportError) -> ExportError:
-    return ExportError(f"this command needs the export stage's dependencies ({exc.name} is missing): "
-                       "pip install 'edgeseg[export]'")
-
-
 def cmd_prune(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
         from export.slim.prune import check_ratio, prune_checkpoint  # noqa: PLC0415
     except ImportError as exc:
-        raise _imports_failed(exc) from None
+        raise ExportError.missing_dependency("edgeseg prune", exc) from None
     check_ratio(args.ratio)
     if args.round_to < 0:
         raise ExportError(f"prune --round-to {args.round_to}: expected 0 or more")
@@ -93,7 +88,7 @@ def cmd_fold(args: argparse.Namespace) -> int:
     try:
         from export.slim.fold import fold_checkpoint  # noqa: PLC0415
     except ImportError as exc:
-        raise _imports_failed(exc) from None
+        raise ExportError.missing_dependency("edgeseg fold", exc) from None
     result = fold_checkpoint(args.model, args.out, args.imgsz, dynamic=not args.static)
     print(result.summary_line())
     return 0

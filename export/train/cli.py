@@ -93,10 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         from export.train.trainer import train  # noqa: PLC0415
     except ImportError as exc:  # the export stage's own dependencies are an extra
-        raise ExportError(
-            f"edgeseg train needs the export stage's dependencies ({exc.name} is missing): "
-            "pip install 'edgeseg[export]'"
-        ) from None
+        raise ExportError.missing_dependency("edgeseg train", exc) from None
     result = train(train_config_from_args(args), resume=args.resume)
     print(result.summary_line())
     return 0
