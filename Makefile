@@ -7,7 +7,7 @@ DEMO_MODEL  ?= $(REALDATA)/models/yolov8n-seg-640-fp32-reconstructed.onnx
 DEMO_SOURCE ?= $(REALDATA)/coco_val2017_subset/images
 DEMO_OUT    ?= out/demo
 
-.PHONY: demo test setup lint typecheck clean typings system-deps
+.PHONY: demo test test-compat test-py38 test-py310 setup lint typecheck clean typings system-deps
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -51,8 +51,36 @@ test: setup typings system-deps
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
+# The runtime's tests on the Pythons of the Jetsons in the field, with the numpy their JetPack's
+# bindings accept: JetPack 5 = Python 3.8 + numpy < 1.24 (TensorRT 8.5 uses np.bool), JetPack 6 =
+# Python 3.10 + numpy < 2. Same test files as `make test`; those of the export stage (torch,
+# Python 3.10+) are left out where they cannot run, and the run says which (tests/conftest.py).
+# The interpreters come from pyenv (as on CI machines) or PATH; nothing is installed by hand.
+PYENV_ROOT ?= $(HOME)/.pyenv
+find_python = $(or $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python3))),$(shell command -v python$(1)))
+PY38  ?= $(call find_python,3.8)
+PY310 ?= $(call find_python,3.10)
+
+test-compat: test-py38 test-py310
+
+.venv-py%/.installed: setup.py
+	@test -n "$(PYTHON_$*)" || { echo "no Python for .venv-py$* (install it with pyenv)"; exit 1; }
+	$(PYTHON_$*) -m venv .venv-py$*
+	.venv-py$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-py$*/bin/python -m pip install --quiet -e '.[dev]' '$(NUMPY_$*)'
+	touch $@
+
+PYTHON_38 = $(PY38)
+PYTHON_310 = $(PY310)
+NUMPY_38 = numpy==1.23.5
+NUMPY_310 = numpy==1.26.4
+
+test-py38 test-py310: test-py%: .venv-py%/.installed system-deps
+	.venv-py$*/bin/python -c 'import sys, numpy; print("runtime tests on Python", sys.version.split()[0], "numpy", numpy.__version__)'
+	.venv-py$*/bin/pytest -q
+
 clean:
-	rm -rf $(VENV) out build *.egg-info typings
+	rm -rf $(VENV) .venv-py38 .venv-py310 out build *.egg-info typings
 
 # TensorRT type stubs for mypy (shared/TENSORRT.md §0), unpacked rather than installed: the wheel
 # has no py.typed (so mypy would not use it), and installed it would make `import tensorrt`

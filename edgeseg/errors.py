@@ -44,5 +44,7 @@ class ExportError(EdgesegError):
     @classmethod
     def missing_dependency(cls, command: str, exc: ImportError) -> ExportError:
         """The one-line error of an export command run without the ``export`` extra installed."""
+        if exc.name == "export":  # the export stage refused this interpreter and said why
+            return cls(f"{command}: {exc}")
         return cls(f"{command} needs the export stage's dependencies ({exc.name} is missing): "
                    "pip install 'edgeseg[export]'")

@@ -17,7 +17,7 @@ import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -310,7 +310,7 @@ def _export_onnx(opts: ExportOptions, onnx_model: Path) -> ExportResult:
                    for b in tqdm(built, desc="measure", unit="file", disable=not opts.progress or None)]
         manifest = Manifest(
             name=opts.out.name,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
             model=model_record,
             engines=records,
         )

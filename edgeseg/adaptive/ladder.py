@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 #: Sizes a dynamic model offers when the configuration names none.
 DEFAULT_DYNAMIC_SIZES = (320, 416, 512, 640)
 
-Loader = Callable[[int], Model]
+Loader = typing.Callable[[int], Model]  # evaluated at import: typing's form for 3.8
 
 
 def _size(model: Model) -> int:

@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Tuple
 
 import numpy as np
 
@@ -191,7 +191,7 @@ def numpy_dtype(trt_type: str, version: TrtVersion | None = None) -> np.dtype[An
 
 # --- buffer plans ----------------------------------------------------------------------------
 
-Shape = tuple[int, ...]
+Shape = Tuple[int, ...]  # evaluated at import: typing's form for Python 3.8
 
 
 def _shape_text(shape: Sequence[int]) -> str:

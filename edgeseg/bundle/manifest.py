@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Final, Literal, Optional
+from typing import Dict, Final, List, Literal, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -35,8 +35,8 @@ class _Strict(BaseModel):
 
 class NormalizationRecord(_Strict):
     scale: float = 1.0 / 255.0
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     rgb: bool = True
     pad_value: int = Field(114, ge=0, le=255)
 
@@ -45,7 +45,7 @@ class ModelRecord(_Strict):
     """What every engine of the bundle computes (one decoder contract)."""
 
     family: Literal["yolov8-seg", "edgeseg"]
-    class_names: list[str] = Field(min_length=1)
+    class_names: List[str] = Field(min_length=1)
     num_masks: int = Field(ge=1)
     stride: int = Field(32, ge=1)
     normalization: NormalizationRecord = Field(default_factory=NormalizationRecord)
@@ -59,7 +59,7 @@ class BuilderRecord(_Strict):
     runtime: Runtime
     version: str = Field(description="TensorRT or ONNX Runtime version string")
     gpu: Optional[str] = None
-    compute_capability: Optional[tuple[int, int]] = None
+    compute_capability: Optional[Tuple[int, int]] = None
 
 
 class LatencyRecord(_Strict):
@@ -83,7 +83,7 @@ class EngineRecord(_Strict):
     file: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
-    resolution: tuple[int, int]
+    resolution: Tuple[int, int]
     precision: Precision
     quantization: Optional[Quantization] = None
     builder: BuilderRecord
@@ -101,10 +101,10 @@ class Manifest(_Strict):
     name: str = Field(min_length=1)
     created: str = ""
     model: ModelRecord
-    engines: list[EngineRecord] = Field(min_length=1)
+    engines: List[EngineRecord] = Field(min_length=1)
     #: Files kept beside the engines that no backend loads directly (e.g. the Q/DQ ONNX that a
     #: device builds its TensorRT INT8 engine from), name -> sha256.
-    extra_files: dict[str, str] = Field(default_factory=dict)
+    extra_files: Dict[str, str] = Field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"

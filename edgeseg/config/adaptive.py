@@ -7,7 +7,7 @@ processing latency (``latency_budget_ms``).
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -32,7 +32,7 @@ class AdaptiveConfig(BaseModel):
         None, gt=0, le=60_000,
         description="goal: processing time per frame, preprocess to sinks, milliseconds (or target_fps)",
     )
-    resolutions: list[int] = Field(
+    resolutions: List[int] = Field(
         default_factory=list, max_length=16,
         description="input sizes to choose from (multiples of 32, 320..1280); empty = a bundle's engines, "
         "or 320, 416, 512, 640 for a dynamic ONNX",
@@ -60,7 +60,7 @@ class AdaptiveConfig(BaseModel):
         description="a step up undone within two dwells blocks that step (and those above) this long, "
         "doubling each time",
     )
-    effort_levels: list[EffortStep] = Field(
+    effort_levels: List[EffortStep] = Field(
         default_factory=lambda: list(DEFAULT_EFFORT_LEVELS),
         description="post-processing reductions allowed below the smallest size, applied in the order "
         "no-refine, fewer-detections, boxes-only",

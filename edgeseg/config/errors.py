@@ -22,6 +22,16 @@ Section = TypeVar("Section", bound=BaseModel)
 SECRET_FIELDS = frozenset({"password", "password_file", "token", "token_file"})
 
 
+#: What pydantic puts before the message of a ValueError raised in a validator.
+_VALUE_ERROR_PREFIX = "Value error, "
+
+
+def pydantic_message(msg: object) -> str:
+    """A pydantic error message without its ``Value error, `` prefix (``str.removeprefix`` is 3.9+)."""
+    text = str(msg)
+    return text[len(_VALUE_ERROR_PREFIX):] if text.startswith(_VALUE_ERROR_PREFIX) else text
+
+
 def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
     """``field 'prefix.loc': message (got value)`` for one pydantic error dict."""
     loc = ".".join(str(p) for p in error["loc"])
@@ -31,7 +41,7 @@ def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
         return f"{where}: unknown key"
     if error["type"] == "missing":
         return f"{where}: required"
-    msg = str(error["msg"]).removeprefix("Value error, ")
+    msg = pydantic_message(error["msg"])
     last = str(error["loc"][-1]) if error["loc"] else ""
     if not loc or last in SECRET_FIELDS or "input" not in error:
         return f"{where}: {msg}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal, Optional
+from typing import Any, Final, List, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -104,7 +104,7 @@ class PostprocessConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    sinks: list[str] = Field(default_factory=list, description="outputs, each KIND:PATH (jsonl, coco, video, images)")
+    sinks: List[str] = Field(default_factory=list, description="outputs, each KIND:PATH (jsonl, coco, video, images)")
     mask_format: Literal["rle", "polygon", "none"] = Field("rle", description="mask encoding in JSON outputs")
     video_fps: float = Field(25.0, gt=0, le=240, description="frame rate of annotated videos")
 

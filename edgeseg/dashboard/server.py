@@ -32,14 +32,14 @@ import socket
 import socketserver
 import threading
 import time
+import typing
 from base64 import b64encode
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from hashlib import sha256
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from typing import Any, Final, Optional
 from urllib.parse import parse_qs, urlsplit
 
@@ -48,14 +48,16 @@ from edgeseg.dashboard.controls import Controls, parse_control
 from edgeseg.dashboard.feed import VIEWS, DashboardSink, View
 from edgeseg.dashboard.system import SystemMonitor, panel_from_telemetry
 from edgeseg.errors import EdgesegError
+from edgeseg.package_data import package_text
 from edgeseg.sources.uri import mask_credentials
 
 log = logging.getLogger("edgeseg.dashboard")
 
-StatsFn = Callable[[], Mapping[str, Any]]
-MetricsFn = Callable[[], str]
-SwitchesFn = Callable[[], Sequence[Mapping[str, Any]]]
-SystemFn = Callable[[], Mapping[str, Any]]
+# Aliases are evaluated at import: typing's generic forms, for Python 3.8.
+StatsFn = typing.Callable[[], typing.Mapping[str, Any]]
+MetricsFn = typing.Callable[[], str]
+SwitchesFn = typing.Callable[[], typing.Sequence[typing.Mapping[str, Any]]]
+SystemFn = typing.Callable[[], typing.Mapping[str, Any]]
 
 BOUNDARY: Final = "edgesegframe"
 MAX_BODY_BYTES: Final = 16 * 1024
@@ -207,10 +209,8 @@ class Page:
 
     @classmethod
     def load(cls) -> Page:
-        static = resources.files("edgeseg.dashboard").joinpath("static")
-        html = static.joinpath("index.html").read_text(encoding="utf-8")
-        script = static.joinpath("app.js").read_text(encoding="utf-8")
-        style = static.joinpath("style.css").read_text(encoding="utf-8")
+        html, script, style = (package_text("edgeseg.dashboard", f"static/{name}")
+                               for name in ("index.html", "app.js", "style.css"))
         html = html.replace("<!-- STYLE -->", f"<style>{style}</style>", 1)
         html = html.replace("<!-- SCRIPT -->", f"<script>{script}</script>", 1)
         csp = (
@@ -495,7 +495,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self._error(HTTPStatus.NOT_FOUND, "no such page")
                 return
             route()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+        # socket.timeout, not TimeoutError: they are one class only from Python 3.10 (3.8 is supported).
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
             self.close_connection = True  # the viewer went away or stalled
         except Exception as exc:
             log.exception("dashboard: %s %s failed", self.command, urlsplit(self.path).path)

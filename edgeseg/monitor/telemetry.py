@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Tuple
 
 from edgeseg.resources import Closeable
 
@@ -40,7 +40,7 @@ MILLIWATTS_PER_WATT = 1000.0
 #: How long a snapshot is reused, seconds.
 DEFAULT_MAX_AGE_S = 1.0
 
-Labels = tuple[tuple[str, str], ...]
+Labels = Tuple[Tuple[str, str], ...]  # evaluated at import: typing's form for Python 3.8
 
 
 @dataclass(frozen=True)

@@ -317,7 +317,8 @@ def run_sequential(
     on_result: ResultCallback | None = None,
 ) -> tuple[Counters, StageTimes]:
     """The same work as Pipeline, one frame at a time in the calling thread (the baseline)."""
-    times, counters, failed = StageTimes(), Counters(), set[int]()
+    times, counters = StageTimes(), Counters()
+    failed: set[int] = set()
     while not max_frames or counters.processed < max_frames:
         t0 = time.perf_counter()
         frame = source.read(timeout=POLL_S)

@@ -19,7 +19,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -52,7 +53,7 @@ TICK_S = 0.5
 #: Exit codes: 0 after a requested stop or a finite source's end, 1 after a fatal pipeline error.
 EXIT_OK, EXIT_FAILED = 0, 1
 
-PersistentSinks = Callable[[Config], list[Sink]]
+PersistentSinks = typing.Callable[[Config], typing.List[Sink]]  # evaluated at import: 3.8's form
 
 
 @dataclass

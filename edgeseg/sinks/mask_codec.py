@@ -17,7 +17,7 @@ re-implementation of the same LEB128-like code (about 10 us against 30 us per in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import typing
 from typing import Any, Union
 
 import cv2
@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from pycocotools import mask as coco_mask
 
-Region = Union[Sequence[int], npt.NDArray[np.integer[Any]]]
+Region = Union[typing.Sequence[int], "npt.NDArray[np.integer[Any]]"]  # evaluated at import: 3.8's forms
 """Integer pixel region x0, y0, x1, y1 (right and bottom exclusive) that a crop covers."""
 
 RLE_SIZE_KEY = "size"

@@ -49,6 +49,7 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 from pydantic import ValidationError
 
+from edgeseg.config.errors import pydantic_message
 from edgeseg.config.mqtt import BrokerAddress, MqttConfig
 from edgeseg.errors import SinkError
 from edgeseg.sinks.base import MaskFormat, Sink, SinkOptions
@@ -590,6 +591,6 @@ def mqtt_sink_from_spec(uri: str, options: SinkOptions) -> MqttSink:
     try:
         config = MqttConfig(uri=uri, mask_format=options.mask_format)
     except ValidationError as exc:
-        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        reasons = "; ".join(pydantic_message(e["msg"]) for e in exc.errors())
         raise SinkError(f"sink spec 'mqtt:{uri}': {reasons}") from None
     return MqttSink(config)

@@ -10,11 +10,11 @@ payloads small on constrained links.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
+from edgeseg.package_data import package_text
 from edgeseg.sinks.base import MaskFormat
 from edgeseg.sinks.mask_codec import polygons_from_crop, rle_from_crop
 from edgeseg.structures import FrameResult, Instances
@@ -35,8 +35,7 @@ TIMESTAMP_DECIMALS = 6
 
 def load_schema() -> dict[str, Any]:
     """The frame-result JSON Schema (draft 2020-12), read from the installed package."""
-    text = resources.files("edgeseg").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
-    schema: dict[str, Any] = json.loads(text)
+    schema: dict[str, Any] = json.loads(package_text("edgeseg", SCHEMA_RESOURCE))
     return schema
 
 

@@ -15,6 +15,8 @@ import cv2
 
 #: FFmpeg's AV_LOG_QUIET.
 _FFMPEG_QUIET = "-8"
+#: OpenCV's LOG_LEVEL_ERROR (cv::utils::logging::LogLevel), for builds without ``cv2.utils.logging``.
+_OPENCV_LOG_LEVEL_ERROR = 2
 _done = False
 
 
@@ -26,4 +28,10 @@ def quiet_opencv_logs() -> None:
     _done = True
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", _FFMPEG_QUIET)
     if "OPENCV_LOG_LEVEL" not in os.environ:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        # OpenCV 5 and some 4.x builds have cv2.utils.logging; the 4.x builds of PyPI (4.11) and
+        # JetPack (4.5, 4.8) have only cv2.setLogLevel, which takes the same levels.
+        logging_module = getattr(getattr(cv2, "utils", None), "logging", None)
+        if logging_module is not None:
+            logging_module.setLogLevel(logging_module.LOG_LEVEL_ERROR)
+        elif hasattr(cv2, "setLogLevel"):
+            cv2.setLogLevel(_OPENCV_LOG_LEVEL_ERROR)

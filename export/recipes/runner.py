@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -312,7 +312,7 @@ def _write_record(path: Path, stage: Stage, summary: str, seconds: float, extra:
     config = _config(stage)
     doc = {"stage": stage.name, "kind": stage.kind, "config": config, "config_hash": _hash(config),
            "summary": summary, "seconds": round(seconds, 1),
-           "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
+           "finished": datetime.now(UTC).isoformat(timespec="seconds"), **extra}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
