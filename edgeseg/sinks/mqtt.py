@@ -131,6 +131,21 @@ def _json_default(value: object) -> object:
 # -------------------------------------------------------------------------------------- publisher
 
 
+def drop_out_messages(client: mqtt.Client) -> None:
+    """Drop paho's copies of unacknowledged messages (the disk queue is the one source of truth).
+
+    ``Client.drop_out_messages`` exists from paho-mqtt 2.2, which needs Python 3.9; Python 3.8
+    (JetPack 5) gets at most 2.1. There the same is done on the same two attributes that 2.2's
+    method uses (the runtime tests run against 2.1 under Python 3.8).
+    """
+    drop = getattr(client, "drop_out_messages", None)
+    if callable(drop):
+        drop()
+        return
+    with client._out_message_mutex:  # noqa: SLF001 - paho 2.0/2.1, see above
+        client._out_messages.clear()  # noqa: SLF001
+
+
 class ConnectionState(str, enum.Enum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
@@ -267,7 +282,7 @@ class MqttPublisher:
                 self.broker, reason, hint, self._backoff,
             )
             return
-        client.drop_out_messages()  # the disk queue re-sends them, in order
+        drop_out_messages(client)  # the disk queue re-sends them, in order
         client.publish(self.available_topic, ONLINE, qos=AVAILABILITY_QOS, retain=True)
         self._connected.set()
         self._set_state(ConnectionState.CONNECTED, logging.INFO, "mqtt: connected to %s as %s",
@@ -287,7 +302,7 @@ class MqttPublisher:
     def _on_disconnect(
         self, client: mqtt.Client, _userdata: Any, _flags: mqtt.DisconnectFlags, reason: Any, _properties: Any
     ) -> None:
-        client.drop_out_messages()
+        drop_out_messages(client)
         was_connected = self._connected.is_set()
         self._connected.clear()
         self._events.put(_Event(_Kind.DOWN))
