@@ -107,21 +107,27 @@ typings/.stamp: | $(VENV)/.installed
 
 # Install the daemon as a systemd service (run as root on the device):
 #   sudo make install [PREFIX=/opt/edgeseg] && sudo systemctl enable --now edgeseg
-# The venv sees the system site-packages, where JetPack installs TensorRT and pycuda.
+# The venv is decided by edgeseg/platform/install.py (stdlib only; `make install-plan` prints it):
+# on a Jetson, the system Python with --system-site-packages (JetPack's TensorRT and GStreamer
+# OpenCV), numpy pinned per JetPack, no PyPI OpenCV where the system's imports, pycuda built
+# against /usr/local/cuda; elsewhere a plain venv. It ends with `edgeseg doctor`, whose FAILs do
+# not fail the install (a fresh device has no bundle yet).
 PREFIX  ?= /opt/edgeseg
 UNITDIR ?= /etc/systemd/system
-.PHONY: install
+.PHONY: install install-plan
 install:
 	id -u edgeseg >/dev/null 2>&1 || useradd --system --home-dir /var/lib/edgeseg --no-create-home \
 		--shell /usr/sbin/nologin --groups video edgeseg
-	$(PYTHON) -m venv --system-site-packages $(PREFIX)/venv
-	$(PREFIX)/venv/bin/pip install --quiet --upgrade pip
-	$(PREFIX)/venv/bin/pip install --quiet .
+	$(PYTHON) -m edgeseg.platform.install --prefix $(PREFIX) --python $(PYTHON)
 	install -m 0644 README.md $(PREFIX)/README.md
 	install -d -m 0755 /etc/edgeseg /var/lib/edgeseg/engines
 	test -f /etc/edgeseg/config.yaml || install -m 0640 -g edgeseg configs/service.yaml /etc/edgeseg/config.yaml
 	sed 's|/opt/edgeseg|$(PREFIX)|g' systemd/edgeseg.service > $(UNITDIR)/edgeseg.service
 	chown -R edgeseg:edgeseg /var/lib/edgeseg
 	systemctl daemon-reload 2>/dev/null || true
+	-$(PREFIX)/venv/bin/edgeseg doctor --config /etc/edgeseg/config.yaml
 	@echo "installed: flash a bundle with '$(PREFIX)/venv/bin/edgeseg engines install --activate BUNDLE',"
 	@echo "edit /etc/edgeseg/config.yaml, then 'systemctl enable --now edgeseg'"
+
+install-plan:
+	$(PYTHON) -m edgeseg.platform.install --prefix $(PREFIX) --python $(PYTHON) --dry-run

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeseg.bundle.device import DeviceInfo
+from edgeseg.bundle.device import DeviceInfo, builder_record
 from edgeseg.bundle.manifest import (
     BuilderRecord,
     EngineRecord,
@@ -40,6 +40,25 @@ def manifest(*engines: EngineRecord) -> Manifest:
                     engines=list(engines))
 
 
+#: GPU identities of the Orin modules (docs/jetson.md): every one is compute capability 8.7 and
+#: "Orin" to the CUDA driver ("Orin (nvgpu)" to NVML); SM count = CUDA cores / 128 per Ampere SM
+#: (AGX Orin 64 GB 2048 cores: 16; Orin NX and Orin Nano 8 GB 1024: 8; Orin Nano 4 GB 512: 4).
+AGX = "NVIDIA Jetson AGX Orin Developer Kit"
+NX = "NVIDIA Jetson Orin NX Engineering Reference Developer Kit"
+NANO = "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit"
+TRT_AGX = BuilderRecord(runtime="tensorrt", version="10.3.0.30", gpu="Orin", compute_capability=(8, 7),
+                        sm_count=16, board=AGX)
+TRT_NX = BuilderRecord(runtime="tensorrt", version="10.3.0.30", gpu="Orin", compute_capability=(8, 7),
+                       sm_count=8, board=NX)
+TRT_NANO_8GB = BuilderRecord(runtime="tensorrt", version="10.3.0.30", gpu="Orin", compute_capability=(8, 7),
+                             sm_count=8, board=NANO)
+
+
+def orin(sm_count: int | None, board: str | None, gpu: str = "Orin", source: str = "pycuda") -> DeviceInfo:
+    return DeviceInfo(tensorrt="10.3.0.30", onnxruntime="1.18.0", gpu=gpu, compute_capability=(8, 7),
+                      gpu_source=source, sm_count=sm_count, board=board)
+
+
 @pytest.mark.parametrize(
     "builder, device, expected",
     [
@@ -53,9 +72,26 @@ def manifest(*engines: EngineRecord) -> Manifest:
         (TRT_ORIN, DeviceInfo(tensorrt="10.4.0.1", gpu="Orin", compute_capability=(8, 7)), "this device has 10.4.0.1"),
         (TRT_ORIN, DeviceInfo(tensorrt="10.3.0.30", gpu="Xavier", compute_capability=(7, 2)),
          "built for Orin (sm 87), this device has Xavier (sm 72)"),
-        (TRT_ORIN, DeviceInfo(tensorrt="10.3.0.30", gpu="NVIDIA RTX A2000", compute_capability=(8, 7)),
-         "built for GPU 'Orin'"),
         (TRT_ORIN, DeviceInfo(tensorrt="10.3.0.30"), "no CUDA GPU found"),
+        # the name never decides: pycuda's "Orin" and NVML's "Orin (nvgpu)" are the same GPU
+        (TRT_AGX, orin(None, AGX, gpu="Orin (nvgpu)", source="nvml"), None),
+        (TRT_AGX.model_copy(update={"gpu": "Orin (nvgpu)"}), orin(16, AGX), None),
+        (TRT_AGX, orin(16, AGX, gpu="NVIDIA Orin"), None),
+        # another Orin module: the SM count tells it apart
+        (TRT_AGX, orin(8, NX), "built on a GPU with 16 SMs, this device's has 8"),
+        (TRT_NANO_8GB, orin(4, NANO), "built on a GPU with 8 SMs, this device's has 4"),
+        # same SM count, another board (Orin NX vs Orin Nano 8 GB): the board tells it apart
+        (TRT_NX, orin(8, NANO), f"built on {NX!r}, this device is {NANO!r}"),
+        (TRT_NX, orin(8, NX), None),
+        # a side that does not record a fact is not judged on it
+        (TRT_NX, orin(None, None), None),
+        (TRT_NX, orin(8, None), None),
+        # manifests from before SM counts and boards were recorded: compute capability and version decide
+        (TRT_ORIN, orin(16, AGX), None),
+        (TRT_ORIN, orin(4, NANO, gpu="Orin (nvgpu)"), None),
+        (BuilderRecord(runtime="tensorrt", version="10.3.0.30"), orin(8, NANO), None),
+        (TRT_ORIN, DeviceInfo(tensorrt="10.3.0.30", gpu="NVIDIA RTX A2000", compute_capability=(8, 6)),
+         "built for Orin (sm 87), this device has NVIDIA RTX A2000 (sm 86)"),
     ],
 )
 def test_incompatibility(builder: BuilderRecord, device: DeviceInfo, expected: str | None) -> None:
@@ -64,6 +100,40 @@ def test_incompatibility(builder: BuilderRecord, device: DeviceInfo, expected: s
         assert reason is None
     else:
         assert reason is not None and expected in reason
+
+
+@pytest.mark.parametrize(
+    "builder, keys",
+    [
+        ({"runtime": "tensorrt", "version": "8.5.2.2", "gpu": "Orin", "compute_capability": [8, 7]},
+         ["runtime", "version", "gpu", "compute_capability"]),
+        ({"runtime": "tensorrt", "version": "8.5.2.2", "compute_capability": [8, 7], "sm_count": 16, "board": AGX},
+         ["runtime", "version", "gpu", "compute_capability", "sm_count", "board"]),
+        ({"runtime": "onnxruntime", "version": "1.19.2"}, ["runtime", "version", "gpu", "compute_capability"]),
+    ],
+)
+def test_builder_record_old_and_new_manifests(builder: dict[str, object], keys: list[str]) -> None:
+    """Manifests without sm_count/board load; unknown ones stay out of the JSON (older runtimes refuse extra keys)."""
+    doc = json.loads(manifest(engine("e.engine", 640, "fp16", ORT)).to_json())
+    doc["engines"][0]["builder"] = builder
+    loaded = parse_manifest(json.dumps(doc), "m.json")
+    assert list(json.loads(loaded.to_json())["engines"][0]["builder"]) == keys
+    assert parse_manifest(loaded.to_json(), "again") == loaded
+
+
+@pytest.mark.parametrize("bad, field", [({"sm_count": 0}, "sm_count"), ({"board": ""}, "board")])
+def test_builder_record_refuses_bad_identity(bad: dict[str, object], field: str) -> None:
+    doc = json.loads(manifest(engine("e.engine", 640, "fp16", TRT_AGX)).to_json())
+    doc["engines"][0]["builder"].update(bad)
+    with pytest.raises(BundleError, match=field):
+        parse_manifest(json.dumps(doc), "m.json")
+
+
+def test_builder_record_from_device() -> None:
+    device = orin(8, NANO)
+    record = builder_record(device, "10.3.0.30")
+    assert record == TRT_NANO_8GB
+    assert incompatibility(engine("e", 640, "fp16", record), device) is None
 
 
 BUNDLE = manifest(

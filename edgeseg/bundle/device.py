@@ -1,8 +1,16 @@
 """What this device can run: the TensorRT version and GPU that a plan must match.
 
+A TensorRT plan is specific to the TensorRT version and the GPU model that built it. The GPU's
+*name* cannot tell models apart (the CUDA driver calls every Orin module "Orin", NVML "Orin
+(nvgpu)"), so identity is what decides: the compute capability, the SM count and, on a Jetson,
+the board in ``/proc/device-tree/model`` (an AGX Orin has 16 SMs, an Orin NX and an Orin Nano
+8 GB 8, an Orin Nano 4 GB 4; docs/jetson.md). The name is kept for people to read.
+
 Probed lazily and defensively: on a machine without TensorRT or a GPU every field is None and
-the bundle falls back to its ONNX Runtime engines. GPU facts come from pycuda (installed with
-TensorRT on Jetson and desktops), else from NVML, and say which.
+the bundle falls back to its ONNX Runtime engines. GPU facts come from pycuda (installed on
+Jetsons by ``make install``), else from NVML, and ``gpu_source`` says which; only pycuda gives
+the SM count (``MULTIPROCESSOR_COUNT``), NVML has no such query. All probing goes through a
+``Host`` (edgeseg.platform.host) so that ``edgeseg doctor`` can describe a recorded device.
 """
 
 from __future__ import annotations
@@ -11,6 +19,11 @@ import functools
 import logging
 import platform
 from dataclasses import dataclass
+from typing import Any
+
+from edgeseg.bundle.manifest import BuilderRecord
+from edgeseg.platform.host import Host
+from edgeseg.platform.jetson import read_board, read_platform
 
 log = logging.getLogger(__name__)
 
@@ -24,72 +37,84 @@ class DeviceInfo:
     gpu: str | None = None
     compute_capability: tuple[int, int] | None = None
     gpu_source: str = ""
+    #: Streaming multiprocessors of GPU 0 (pycuda's MULTIPROCESSOR_COUNT; None from NVML).
+    sm_count: int | None = None
+    #: The Jetson board (``/proc/device-tree/model``); None off-Jetson.
+    board: str | None = None
 
     def describe(self) -> str:
-        gpu = f"{self.gpu} (sm {self.compute_capability[0]}{self.compute_capability[1]})" \
-            if self.gpu and self.compute_capability else "no GPU"
+        gpu = "no GPU"
+        if self.gpu and self.compute_capability:
+            sms = f", {self.sm_count} SMs" if self.sm_count else ""
+            gpu = f"{self.gpu} (sm {self.compute_capability[0]}{self.compute_capability[1]}{sms})"
+        if self.board:
+            gpu = f"{self.board}, {gpu}"
         trt = f"TensorRT {self.tensorrt}" if self.tensorrt else "no TensorRT"
         return f"{platform.machine()}, {gpu}, {trt}, ONNX Runtime {self.onnxruntime or 'absent'}"
 
 
-def _tensorrt_version() -> str | None:
-    try:
-        import tensorrt  # noqa: PLC0415 - optional, heavy
-    except ImportError:
-        return None
-    version = getattr(tensorrt, "__version__", None)
+def _version(host: Host, module: str) -> str | None:
+    mod = host.try_import(module)
+    version = getattr(mod, "__version__", None) if mod is not None else None
     return str(version) if version else None
 
 
-def _onnxruntime_version() -> str | None:
-    try:
-        import onnxruntime  # noqa: PLC0415
-    except ImportError:
-        return None
-    return str(onnxruntime.__version__)
-
-
-def _gpu_from_pycuda() -> tuple[str, tuple[int, int]] | None:
-    try:
-        import pycuda.driver as cuda  # noqa: PLC0415
-    except ImportError:
+def _gpu_from_pycuda(host: Host) -> tuple[str, tuple[int, int], int | None] | None:
+    cuda: Any = host.try_import("pycuda.driver")
+    if cuda is None:
         return None
     try:
         cuda.init()
         dev = cuda.Device(0)
         major, minor = dev.compute_capability()
-        return str(dev.name()), (int(major), int(minor))
+        sms = dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)
+        return str(dev.name()), (int(major), int(minor)), int(sms)
     except Exception as exc:  # pycuda raises its own LogicError/RuntimeError kinds
         log.debug("pycuda could not describe GPU 0: %s", exc)
         return None
 
 
-def _gpu_from_nvml() -> tuple[str, tuple[int, int]] | None:
-    try:
-        import pynvml  # noqa: PLC0415 - from nvidia-ml-py
-    except ImportError:
+def _gpu_from_nvml(host: Host) -> tuple[str, tuple[int, int], int | None] | None:
+    pynvml: Any = host.try_import("pynvml")  # from nvidia-ml-py
+    if pynvml is None:
         return None
     try:
         pynvml.nvmlInit()
         handle = pynvml.nvmlDeviceGetHandleByIndex(0)
         name = pynvml.nvmlDeviceGetName(handle)
         major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-        return (name.decode() if isinstance(name, bytes) else str(name)), (int(major), int(minor))
+        return (name.decode() if isinstance(name, bytes) else str(name)), (int(major), int(minor)), None
     except Exception as exc:  # NVMLError and its many subclasses
         log.debug("NVML could not describe GPU 0: %s", exc)
         return None
 
 
-@functools.lru_cache(maxsize=1)
-def probe_device() -> DeviceInfo:
-    """This device's TensorRT, ONNX Runtime and GPU (cached: they do not change while running)."""
-    gpu, source = _gpu_from_pycuda(), "pycuda"
+def describe_device(host: Host) -> DeviceInfo:
+    """``host``'s TensorRT, ONNX Runtime, GPU identity and (on a Jetson) board."""
+    gpu, source = _gpu_from_pycuda(host), "pycuda"
     if gpu is None:
-        gpu, source = _gpu_from_nvml(), "nvml"
+        gpu, source = _gpu_from_nvml(host), "nvml"
+    board = read_board(host) if read_platform(host).is_jetson else None
     return DeviceInfo(
-        tensorrt=_tensorrt_version(),
-        onnxruntime=_onnxruntime_version(),
+        tensorrt=_version(host, "tensorrt"),
+        onnxruntime=_version(host, "onnxruntime"),
         gpu=gpu[0] if gpu else None,
         compute_capability=gpu[1] if gpu else None,
         gpu_source=source if gpu else "",
+        sm_count=gpu[2] if gpu else None,
+        board=board,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def probe_device() -> DeviceInfo:
+    """This device's TensorRT, ONNX Runtime and GPU (cached: they do not change while running)."""
+    return describe_device(Host())
+
+
+def builder_record(device: DeviceInfo, tensorrt_version: str) -> BuilderRecord:
+    """What a TensorRT plan built on ``device`` records: everything ``incompatibility`` compares."""
+    return BuilderRecord(
+        runtime="tensorrt", version=tensorrt_version, gpu=device.gpu,
+        compute_capability=device.compute_capability, sm_count=device.sm_count, board=device.board,
     )

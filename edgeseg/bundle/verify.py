@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgeseg.bundle.device import DeviceInfo
@@ -50,8 +51,19 @@ def _same_version(built: str, here: str) -> bool:
     return len(a) >= 3 and len(b) >= 3 and a[:n] == b[:n]
 
 
+def _sm(cc: Sequence[int]) -> str:
+    return f"sm {cc[0]}{cc[1]}"
+
+
 def incompatibility(engine: EngineRecord, device: DeviceInfo) -> str | None:
-    """Why ``engine`` cannot run on ``device``, or None when it can."""
+    """Why ``engine`` cannot run on ``device``, or None when it can.
+
+    A TensorRT plan needs the TensorRT version and the GPU model that built it. The GPU model is
+    decided on the compute capability, the SM count and the Jetson board, each compared only
+    where both the record and the device know it (manifests written before SM counts and boards
+    were recorded still load and are judged on the rest). Never on the name: the CUDA driver
+    calls every Orin "Orin" and NVML "Orin (nvgpu)", whatever the module.
+    """
     b = engine.builder
     if b.runtime == "onnxruntime":
         return None if device.onnxruntime else "ONNX Runtime is not installed"
@@ -59,13 +71,15 @@ def incompatibility(engine: EngineRecord, device: DeviceInfo) -> str | None:
         return "TensorRT is not installed on this device"
     if not _same_version(b.version, device.tensorrt):
         return f"built with TensorRT {b.version}, this device has {device.tensorrt}"
-    if device.gpu is None or device.compute_capability is None:
-        return "no CUDA GPU found on this device"
-    if b.compute_capability is not None and tuple(b.compute_capability) != device.compute_capability:
-        cc, here = b.compute_capability, device.compute_capability
-        return f"built for {b.gpu} (sm {cc[0]}{cc[1]}), this device has {device.gpu} (sm {here[0]}{here[1]})"
-    if b.gpu is not None and b.gpu != device.gpu:
-        return f"built for GPU {b.gpu!r}, this device has {device.gpu!r}"
+    if device.compute_capability is None:
+        return "no CUDA GPU found on this device (probed with pycuda, then NVML)"
+    if b.compute_capability is not None and tuple(b.compute_capability) != tuple(device.compute_capability):
+        return (f"built for {b.gpu or 'a GPU'} ({_sm(b.compute_capability)}), this device has "
+                f"{device.gpu or 'a GPU'} ({_sm(device.compute_capability)})")
+    if b.sm_count is not None and device.sm_count is not None and b.sm_count != device.sm_count:
+        return f"built on a GPU with {b.sm_count} SMs, this device's has {device.sm_count} (another module)"
+    if b.board is not None and device.board is not None and b.board != device.board:
+        return f"built on {b.board!r}, this device is {device.board!r} (build on the module that runs it)"
     return None
 
 

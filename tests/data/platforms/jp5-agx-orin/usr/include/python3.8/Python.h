@@ -1,0 +1,1 @@
+/* recorded device: python3.8-dev is installed */

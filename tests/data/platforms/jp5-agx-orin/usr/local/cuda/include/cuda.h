@@ -1,0 +1,2 @@
+/* recorded device: the CUDA driver API header exists here */
+#define CUDA_VERSION 11040

@@ -1,0 +1,5 @@
+/* recorded device: cuDNN 9 header */
+#define CUDNN_MAJOR 9
+#define CUDNN_MINOR 3
+#define CUDNN_PATCHLEVEL 0
+#define CUDNN_VERSION (CUDNN_MAJOR * 10000 + CUDNN_MINOR * 100 + CUDNN_PATCHLEVEL)
