@@ -209,7 +209,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         "precision": list(parse_precisions(args.precision)) if args.precision else None,
         "calibration": args.calibration, "calibration_limit": args.calibration_limit,
         "val_images": args.val_images, "val_annotations": args.val_annotations,
-        "threads": args.threads, "latency_runs": args.latency_runs,
+        "threads": args.threads, "latency_runs": args.latency_runs, "selftest_images": args.selftest_images,
     }
     result = export_bundle(build_options(args.recipe, overrides))
     engines = result.manifest.engines
@@ -296,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeseg.flash.cli import add_engines_parser
 
     add_engines_parser(sub)
+    from edgeseg.doctor import add_doctor_parser
+
+    add_doctor_parser(sub)
     _add_export_stage_parsers(sub)
 
     ex = sub.add_parser("export", help="build an engine bundle from an ONNX model (needs edgeseg[export])")
@@ -310,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--val-annotations", metavar="COCO.json", help="their COCO instances json")
     ex.add_argument("--threads", type=int, help="ONNX Runtime threads for measurements")
     ex.add_argument("--latency-runs", type=int, help="timed inferences per engine (default 20)")
+    ex.add_argument("--selftest-images", type=int, metavar="N",
+                    help="images whose fp32 outputs the bundle carries for the engine self-test (default 4; 0: none)")
     ex.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
     ex.set_defaults(func=cmd_export)
 

@@ -18,8 +18,10 @@ from typing import Literal
 
 from edgeseg.backends.base import Backend, NetworkInfo, TensorInfo
 from edgeseg.bundle.device import probe_device
-from edgeseg.bundle.manifest import EngineRecord, Manifest, ModelRecord, is_bundle, load_manifest
-from edgeseg.bundle.select import PrecisionChoice, select_engine
+from edgeseg.bundle.local import load_merged_manifest
+from edgeseg.bundle.manifest import EngineRecord, Manifest, ModelRecord, is_bundle
+from edgeseg.bundle.select import PrecisionChoice, candidate_engines
+from edgeseg.bundle.selftest import LEDGER, check_loaded
 from edgeseg.bundle.verify import file_problem
 from edgeseg.errors import BundleError, ConfigError, ModelError
 
@@ -224,13 +226,15 @@ def bundle_metadata(m: ModelRecord) -> dict[str, str]:
     }
 
 
-def _load_bundle(
-    path: Path, imgsz: int | None, threads: int, device: str, spin: bool, precision: PrecisionChoice, workers: int
+def open_engine(
+    path: Path, manifest: Manifest, engine: EngineRecord, threads: int = 0, device: str = "auto",
+    spin: bool = False, workers: int = 1,
 ) -> Model:
-    """Pick the bundle's engine for this device and resolution, check it, and load it."""
-    manifest = load_manifest(path)
-    here = probe_device()
-    engine = select_engine(manifest, here, imgsz, precision)
+    """Load one engine of the bundle at ``path``: its hash checked, its spec from the manifest.
+
+    No engine choice and no self-test: ``_load_bundle`` does both around this, and
+    ``edgeseg.bundle.selftest.selftest_engine`` loads through it to test a single engine.
+    """
     problem = file_problem(path, engine.file, engine.sha256, engine.bytes)
     if problem is not None:
         raise BundleError(f"bundle {path}: {problem}; refusing to load it (re-flash the bundle)")
@@ -251,9 +255,58 @@ def _load_bundle(
     except Exception:
         backend.close()
         raise
-    log.info("bundle %s: %s engine %s (%s, %dx%d) on %s", manifest.name, engine.runtime, engine.file,
-             engine.precision, engine.resolution[1], engine.resolution[0], here.describe())
     return Model(spec, backend, engine=engine, bundle=manifest)
+
+
+def _load_bundle(
+    path: Path, imgsz: int | None, threads: int, device: str, spin: bool, precision: PrecisionChoice, workers: int
+) -> Model:
+    """Pick the bundle's engine for this device and resolution, check it, load it and self-test it.
+
+    An engine that fails its self-test (``edgeseg.bundle.selftest``) is closed and the next
+    candidate (``candidate_engines``: other precisions, then the ONNX Runtime twin) is tried; a
+    verdict is kept per engine for the process, so a refused engine is not loaded again and a
+    passing one is not tested again (the adaptive ladder loads each resolution through here).
+    """
+    manifest = load_merged_manifest(path)  # signed engines + the device's own plans
+    here = probe_device()
+    refused: list[tuple[str, str]] = []  # (engine file, one-line reason)
+    candidates = candidate_engines(manifest, here, imgsz, precision)
+    for engine in candidates:
+        held = LEDGER.cached(path, engine)
+        if held is not None and not held.passed:
+            refused.append((engine.file, held.one_line()))
+            continue
+        try:
+            model = open_engine(path, manifest, engine, threads, device, spin, workers)
+        except (BundleError, ModelError) as exc:
+            # A plan TensorRT will not deserialise (another TensorRT build, a driver change) or a
+            # file that fails its hash is the commonest failure on a device: the next one serves.
+            if engine is candidates[-1] and not refused:
+                raise
+            log.warning("bundle %s: %s", manifest.name, exc)
+            refused.append((engine.file, f"{engine.file}: {exc}"))
+            continue
+        try:
+            verdict = check_loaded(model, path, manifest, engine)
+        except Exception:
+            model.close()
+            raise
+        if verdict is not None and not verdict.passed:
+            model.close()
+            refused.append((engine.file, verdict.one_line()))
+            continue
+        for file, _ in refused:
+            LEDGER.fallback(file, engine.file)
+        if refused:
+            log.warning("bundle %s: %s serves instead of %s (refused above)", manifest.name, engine.file,
+                        ", ".join(file for file, _ in refused))
+        log.info("bundle %s: %s engine %s (%s, %dx%d) on %s", manifest.name, engine.runtime, engine.file,
+                 engine.precision, engine.resolution[1], engine.resolution[0], here.describe())
+        return model
+    size = imgsz if imgsz is not None else (max(candidates[0].resolution) if candidates else "any size")
+    raise BundleError(f"bundle {manifest.name}: every engine for {size} that runs here was refused: "
+                      + "; ".join(reason for _, reason in refused))
 
 
 def load_model(

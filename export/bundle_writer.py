@@ -36,8 +36,16 @@ class BundleWriter:
         self._committed = False
 
     def path(self, name: str) -> Path:
-        """Where a file of the bundle is written while staging."""
-        return self.staging / name
+        """Where a file of the bundle is written while staging (its folder made, e.g. selftest/)."""
+        p = self.staging / name
+        if p.parent != self.staging:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def write(self, name: str, data: bytes) -> tuple[str, int]:
+        """Stage one file; its sha256 and size, for the manifest."""
+        self.path(name).write_bytes(data)
+        return self.describe(name)
 
     def describe(self, name: str) -> tuple[str, int]:
         """sha256 and size of a staged file, for its manifest record."""
@@ -47,9 +55,11 @@ class BundleWriter:
     def commit(self, manifest: Manifest) -> Path:
         """Write the manifest and move the bundle into place (replacing an older one)."""
         (self.staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
-        for f in self.staging.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        for f in sorted(self.staging.rglob("*")):  # files in sub-folders (selftest/) too
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        self.staging.chmod(0o755)  # mkdtemp made it 0700; the daemon may run as another user
         old = None
         if self.out.exists():
             old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")

@@ -4,6 +4,8 @@
                                     │                                   ├─► Q/DQ int8.onnx (TensorRT form)
                                     │                                   └─► QOperator int8.onnx (CPU form)
                                     └─► TensorRT present: fp16 / int8 .engine from those ONNX files
+    calibration images ─► selftest/: the fp32 ONNX's decoded instances per resolution; every
+                          file above judged against them, a failing form not shipped
     every file ─► latency here (+ accuracy on a validation set) ─► manifest.json + report.md
 
 Everything that can be refused (model, resolutions, precisions, calibration and validation
@@ -34,6 +36,7 @@ from edgeseg.bundle.manifest import (
     NormalizationRecord,
     Quantization,
 )
+from edgeseg.bundle.selftest import SELFTEST_IMAGES, form_of
 from edgeseg.bundle.verify import sha256_file
 from edgeseg.errors import ExportError
 from edgeseg.model import MAX_INPUT_SIZE, MIN_INPUT_SIZE, Model, ModelSpec, bundle_metadata, spec_from_network
@@ -41,6 +44,7 @@ from export import onnx_prep
 from export.bundle_writer import BundleWriter
 from export.measure import measure_accuracy, measure_latency
 from export.report import write_report
+from export.selftest_reference import FormToCheck, References, write_references
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,9 @@ class ExportOptions:
     threads: int = 0
     latency_runs: int = 20
     progress: bool = True
+    #: Images of the engine self-test's reference (from --calibration, else the validation
+    #: images); 0 writes none (the runtime then warns that the engines serve untested).
+    selftest_images: int = SELFTEST_IMAGES
 
 
 @dataclass
@@ -85,6 +92,8 @@ class _Plan:
     sizes: tuple[int, ...]
     precisions: tuple[ExportPrecision, ...]
     calibration_images: tuple[Path, ...]
+    #: Where the self-test images are chosen from (calibration, else validation images).
+    selftest_candidates: tuple[Path, ...]
     tensorrt: bool
     notes: tuple[str, ...]
 
@@ -106,7 +115,7 @@ def parse_resolutions(text: str | Sequence[int]) -> tuple[int, ...]:
 
 
 def _plan(opts: ExportOptions) -> _Plan:
-    from export.tensorrt_build import tensorrt_available  # noqa: PLC0415 - keeps tensorrt optional
+    from edgeseg.backends.trt_build import tensorrt_available  # noqa: PLC0415 - keeps tensorrt optional
 
     source = onnx_prep.load_source(opts.model)
     spec = source.spec
@@ -132,12 +141,12 @@ def _plan(opts: ExportOptions) -> _Plan:
                      "build TensorRT engines on the device from its ONNX files")
         if "fp16" in precisions:
             notes.append("fp16 needs TensorRT; the ONNX Runtime bundle carries fp32 instead")
-    images: tuple[Path, ...] = ()
-    if "int8" in precisions:
-        if opts.calibration is None:
-            raise ExportError("precision int8 needs --calibration DIR (images from the deployment, never evaluation)")
-        from export.calibration import calibration_images  # noqa: PLC0415 - pulls onnxruntime.quantization
+    from export.calibration import calibration_images  # noqa: PLC0415 - pulls onnxruntime.quantization
 
+    images: tuple[Path, ...] = ()
+    if "int8" in precisions and opts.calibration is None:
+        raise ExportError("precision int8 needs --calibration DIR (images from the deployment, never evaluation)")
+    if opts.calibration is not None:
         images = tuple(calibration_images(opts.calibration, opts.calibration_limit or None))
     if (opts.val_images is None) != (opts.val_annotations is None):
         raise ExportError("a validation set needs both --val-images DIR and --val-annotations COCO.json")
@@ -145,7 +154,16 @@ def _plan(opts: ExportOptions) -> _Plan:
         raise ExportError(f"validation images folder not found: {opts.val_images}")
     if opts.val_annotations is not None and not opts.val_annotations.is_file():
         raise ExportError(f"validation annotations not found: {opts.val_annotations}")
-    return _Plan(source, tuple(sizes), precisions, images, tensorrt, tuple(notes))
+    candidates: tuple[Path, ...] = ()
+    if opts.selftest_images > 0:
+        if images:
+            candidates = images
+        elif opts.val_images is not None:
+            candidates = tuple(calibration_images(opts.val_images))
+        else:
+            notes.append("no --calibration or validation images: the bundle has no self-test reference, "
+                         "its engines will serve untested")
+    return _Plan(source, tuple(sizes), precisions, images, candidates, tensorrt, tuple(notes))
 
 
 def _model_record(spec: ModelSpec, source: Path) -> ModelRecord:
@@ -215,8 +233,8 @@ class _Exporter:
     def _tensorrt(self, size: int, fp32: str, qdq: str | None) -> list[_Built]:
         import tensorrt  # noqa: PLC0415 - present: _plan checked
 
+        from edgeseg.backends.trt_build import build_engine  # noqa: PLC0415
         from edgeseg.backends.trt_plan import TrtVersion, build_decisions  # noqa: PLC0415
-        from export.tensorrt_build import build_engine  # noqa: PLC0415
 
         version = TrtVersion.parse(str(tensorrt.__version__))
         out: list[_Built] = []
@@ -249,6 +267,33 @@ class _Exporter:
             backend = OnnxRuntimeBackend(path, threads=self.opts.threads)
         backend.info = replace(backend.info, metadata={**backend.info.metadata, **meta})
         return Model(spec_from_network(backend.info, self.name, b.size), backend)
+
+    def selftest(self, built: list[_Built], meta: dict[str, str]) -> tuple[list[_Built], References | None]:
+        """Stage the self-test reference and judge every built file against it.
+
+        A failing form is not shipped (its file removed from the staging directory, its one-line
+        figures in the notes); a failing fp32 ONNX, which made the reference, means the runtime
+        is not deterministic here and stops the export.
+        """
+        if not self.plan.selftest_candidates:
+            return built, None
+        by_file = {b.file: b for b in built}
+        fp32 = {b.size: b.file for b in built if b.precision == "fp32" and b.builder.runtime == "onnxruntime"}
+
+        def load(file: str, size: int) -> Model:
+            return self.load(by_file[file], meta)
+
+        forms = [FormToCheck(b.file, b.size, form_of(b.precision, b.quantization)) for b in built]
+        refs = write_references(self.writer, fp32, forms, load, self.plan.selftest_candidates,
+                                f"onnxruntime {_ort_version()}", self.opts.selftest_images)
+        bad = {r.engine: r for r in refs.failed}
+        if any(f in fp32.values() for f in bad):
+            raise ExportError("; ".join(r.one_line() for r in bad.values()) +
+                              " (the fp32 ONNX made the reference: ONNX Runtime is not deterministic here)")
+        for r in bad.values():
+            self.writer.path(r.engine).unlink()
+            self.notes.append(f"{r.one_line()}; not shipped")
+        return [b for b in built if b.file not in bad], refs
 
     def record(self, b: _Built, meta: dict[str, str]) -> EngineRecord:
         """Measure one built file and describe it for the manifest."""
@@ -306,6 +351,7 @@ def _export_onnx(opts: ExportOptions, onnx_model: Path) -> ExportResult:
         built: list[_Built] = []
         for size in tqdm(plan.sizes, desc="build", unit="resolution", disable=not opts.progress or None):
             built += exporter.build_size(size)
+        built, refs = exporter.selftest(built, meta)
         records = [exporter.record(b, meta)
                    for b in tqdm(built, desc="measure", unit="file", disable=not opts.progress or None)]
         manifest = Manifest(
@@ -316,7 +362,10 @@ def _export_onnx(opts: ExportOptions, onnx_model: Path) -> ExportResult:
         )
         report = write_report(manifest, writer.staging, exporter.notes, _parameters(plan.source.proto))
         docs = [report.name] + [p.name for p in writer.staging.glob("*.png")]
-        manifest = manifest.model_copy(update={"extra_files": {name: writer.describe(name)[0] for name in docs}})
+        extra = {name: writer.describe(name)[0] for name in docs}
+        if refs is not None:
+            extra.update(refs.files)
+        manifest = manifest.model_copy(update={"extra_files": extra, "selftest": refs.record if refs else None})
         bundle = writer.commit(manifest)
     return ExportResult(manifest, bundle, bundle / report.name, exporter.notes)
 

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgeseg.bundle.selftest import SELFTEST_IMAGES
 from edgeseg.errors import ExportError
 from export.pipeline import ExportOptions, parse_precisions, parse_resolutions
 
@@ -33,6 +34,10 @@ class ExportRecipe(BaseModel):
     workspace_mib: int = Field(1024, ge=64, le=65536, description="TensorRT builder workspace")
     threads: int = Field(0, ge=0, le=256, description="ONNX Runtime threads for latency and accuracy runs")
     latency_runs: int = Field(20, ge=1, le=10000, description="timed inferences per engine")
+    selftest_images: int = Field(
+        SELFTEST_IMAGES, ge=0, le=32,
+        description="calibration images whose fp32 outputs the bundle carries for the engine self-test; 0 = none",
+    )
 
 
 def _path(value: Optional[str], base: Path) -> Path | None:
@@ -77,4 +82,5 @@ def build_options(recipe_path: str | None, overrides: dict[str, Any]) -> ExportO
         workspace_mib=r.workspace_mib,
         threads=r.threads,
         latency_runs=r.latency_runs,
+        selftest_images=r.selftest_images,
     )

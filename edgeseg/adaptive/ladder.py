@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgeseg.bundle.device import probe_device
-from edgeseg.bundle.manifest import load_manifest
+from edgeseg.bundle.local import load_merged_manifest
 from edgeseg.bundle.select import PrecisionChoice, compatible_engines, resolutions, select_engine
 from edgeseg.errors import BundleError, ConfigError, ModelError
 from edgeseg.model import MAX_INPUT_SIZE, MIN_INPUT_SIZE, Model, load_model
@@ -121,7 +121,7 @@ class ModelLadder:
         workers: int,
     ) -> ModelLadder:
         path = path.resolve()
-        manifest = load_manifest(path)
+        manifest = load_merged_manifest(path)  # as load_model reads it: with device-built plans
         if manifest != base.bundle:
             raise BundleError(f"bundle {path}: changed since the model was loaded (re-flashed?); reload to use it")
         here = probe_device()

@@ -1,7 +1,7 @@
 """TensorRT decisions that need no TensorRT: versions, buffer plans, profiles, builder flags.
 
 Plain Python and numpy, so that every decision is tested on machines without a GPU. The two
-modules that do call TensorRT (``edgeseg.backends.tensorrt`` at run time, ``export.tensorrt_build``
+modules that do call TensorRT (``edgeseg.backends.tensorrt`` at run time, ``edgeseg.backends.trt_build``
 at build time) only carry out what this module decides, which keeps their untestable part small.
 The version facts are those of NVIDIA's Python bindings per release (shared/TENSORRT.md): 8.5
 (JetPack 5.1), 8.6 (JetPack 6.0), 10.x (JetPack 6.1/6.2, desktops) and 11.x (desktops).
@@ -426,7 +426,7 @@ def network_traits(layer_types: Iterable[str], tensor_types: Iterable[str]) -> N
 
 @dataclass(frozen=True)
 class BuildDecisions:
-    """What ``export.tensorrt_build`` sets for one precision on one TensorRT release.
+    """What ``edgeseg.backends.trt_build`` sets for one precision on one TensorRT release.
 
     Attributes:
         network_flags: creation flags to OR into ``builder.create_network``.

@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Final, List, Literal, Optional, Tuple
+from typing import Any, Dict, Final, List, Literal, Optional, Tuple, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from edgeseg.config.errors import describe_validation_error
 from edgeseg.errors import BundleError
@@ -54,12 +62,29 @@ class ModelRecord(_Strict):
 
 
 class BuilderRecord(_Strict):
-    """What produced an engine; a TensorRT plan only runs where these match."""
+    """What produced an engine; a TensorRT plan only runs where these match.
+
+    Identity is the TensorRT version, the compute capability, the SM count and the Jetson board
+    (``edgeseg.bundle.verify.incompatibility``); ``gpu`` is the driver's name, for people only
+    (every Orin module is "Orin"). ``sm_count`` and ``board`` are absent from manifests written
+    before they were recorded, and left out of the JSON when unknown, so that older runtimes,
+    which refuse unknown keys, still read new bundles of ONNX Runtime engines.
+    """
 
     runtime: Runtime
     version: str = Field(description="TensorRT or ONNX Runtime version string")
-    gpu: Optional[str] = None
+    gpu: Optional[str] = Field(None, description="GPU name as the driver reports it (display only)")
     compute_capability: Optional[Tuple[int, int]] = None
+    sm_count: Optional[int] = Field(None, ge=1, description="streaming multiprocessors of the building GPU")
+    board: Optional[str] = Field(None, min_length=1, description="Jetson board (/proc/device-tree/model)")
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unrecorded(self, handler: SerializerFunctionWrapHandler) -> Dict[str, Any]:
+        doc: Dict[str, Any] = handler(self)
+        for key in ("sm_count", "board"):
+            if doc.get(key) is None:
+                doc.pop(key, None)
+        return doc
 
 
 class LatencyRecord(_Strict):
@@ -95,6 +120,20 @@ class EngineRecord(_Strict):
         return self.builder.runtime
 
 
+class SelfTestRecord(_Strict):
+    """Where a bundle keeps the reference of its engine self-test (``edgeseg.bundle.selftest``).
+
+    The reference holds the instances the fp32 ONNX decoded through ONNX Runtime on a few
+    calibration images, per resolution; every engine is compared with it before it serves.
+    Every file named here is also in ``Manifest.extra_files``, so its sha256 is verified like
+    every other file of the bundle (checked on parsing).
+    """
+
+    reference: str = Field(min_length=1, description="the reference JSON, e.g. selftest/reference.json")
+    images: List[str] = Field(min_length=1, description="the self-test images, in the bundle")
+    resolutions: List[int] = Field(min_length=1, description="input sizes the reference covers")
+
+
 class Manifest(_Strict):
     format: Literal["edgeseg-bundle"] = BUNDLE_FORMAT
     version: Literal[1] = BUNDLE_VERSION
@@ -105,21 +144,61 @@ class Manifest(_Strict):
     #: Files kept beside the engines that no backend loads directly (e.g. the Q/DQ ONNX that a
     #: device builds its TensorRT INT8 engine from), name -> sha256.
     extra_files: Dict[str, str] = Field(default_factory=dict)
+    #: The engine self-test's reference; None in bundles exported before self-tests existed.
+    selftest: Optional[SelfTestRecord] = None
+
+    @model_validator(mode="after")
+    def _selftest_files_are_verified(self) -> Manifest:
+        if self.selftest is not None:
+            files = [self.selftest.reference, *self.selftest.images]
+            unlisted = [f for f in files if f not in self.extra_files]
+            if unlisted:
+                raise ValueError(f"selftest file {unlisted[0]} is not in extra_files (its sha256 would go unchecked)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent_selftest(self, handler: SerializerFunctionWrapHandler) -> Dict[str, Any]:
+        """No ``selftest`` key without a reference: older runtimes, which refuse unknown keys, still
+        read such bundles, and their manifests stay byte for byte what they were."""
+        doc: Dict[str, Any] = handler(self)
+        if doc.get("selftest") is None:
+            doc.pop("selftest", None)
+        return doc
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
 
 
-def parse_manifest(text: str, origin: str) -> Manifest:
-    """Validate manifest JSON text, or raise a one-line BundleError naming ``origin``."""
+_Record = TypeVar("_Record", bound=BaseModel)
+
+
+def parse_record(text: str, model: type[_Record], origin: str) -> _Record:
+    """Validate JSON ``text`` as ``model`` (a manifest, a device manifest), or raise a one-line
+    BundleError naming ``origin``."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BundleError(f"{origin}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     try:
-        return Manifest.model_validate(doc)
+        return model.model_validate(doc)
     except ValidationError as exc:
         raise BundleError(f"{origin}: {describe_validation_error(exc)}") from None
+
+
+def parse_manifest(text: str, origin: str) -> Manifest:
+    """Validate manifest JSON text, or raise a one-line BundleError naming ``origin``."""
+    return parse_record(text, Manifest, origin)
+
+
+def read_manifest_bytes(bundle_dir: str | Path) -> bytes:
+    """The bytes of ``bundle_dir/manifest.json`` (what a signature and a bundle id cover)."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"{bundle_dir}: not an engine bundle (no {MANIFEST_NAME})") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def load_manifest(bundle_dir: str | Path) -> Manifest:

@@ -1,4 +1,8 @@
-"""Which engine of a bundle to run: compatible first, then resolution, then precision or speed."""
+"""Which engine of a bundle to run: compatible first, then resolution, then precision or speed.
+
+``select_engine`` names the one engine to load; ``candidate_engines`` lists it first and then
+the engines to fall back to, in order, when it fails its self-test (``edgeseg.bundle.selftest``).
+"""
 
 from __future__ import annotations
 
@@ -61,3 +65,28 @@ def select_engine(
             have = sorted({e.precision for e in ok if max(e.resolution) == size})
             raise BundleError(f"bundle {manifest.name}: no {precision} engine at {size}; available {have}")
     return min(at_size, key=_speed_key)
+
+
+def _fallback_key(e: EngineRecord, precision: PrecisionChoice) -> tuple[bool, bool, tuple[float, int]]:
+    """Requested precision first (when one is), TensorRT before ONNX Runtime, then speed."""
+    return (precision != "auto" and e.precision != precision, e.runtime != "tensorrt", _speed_key(e))
+
+
+def candidate_engines(
+    manifest: Manifest,
+    device: DeviceInfo,
+    resolution: int | None = None,
+    precision: PrecisionChoice = "auto",
+) -> list[EngineRecord]:
+    """``select_engine``'s choice, then every other engine of that resolution that runs here.
+
+    The fallbacks, for an engine refused by its self-test: the requested precision's other
+    engines, then other precisions on TensorRT, then the ONNX Runtime engines (the CPU twin, which
+    ``compatible_engines`` leaves out wherever a TensorRT engine fits), each group fastest first.
+    Raises like ``select_engine`` when it finds no engine at all.
+    """
+    first = select_engine(manifest, device, resolution, precision)
+    size = max(first.resolution)
+    usable, _ = partition_engines(manifest, device)
+    rest = [e for e in usable if max(e.resolution) == size and e.file != first.file]
+    return [first, *sorted(rest, key=lambda e: _fallback_key(e, precision))]

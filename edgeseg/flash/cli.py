@@ -1,25 +1,29 @@
-"""``edgeseg engines``: list, verify, install, activate, rollback, remove, sign, keygen.
+"""``edgeseg engines``: list, verify, install, activate, rollback, remove, sign, keygen, build.
 
 ``add_engines_parser(subparsers)`` registers the command on the ``edgeseg`` parser; each action
 sets ``func`` (args -> exit code) as the other commands do, and refusals are BundleErrors that
 ``edgeseg.cli.main`` prints as one line. ``main(argv)`` runs the command on its own.
 
 Exit codes: 0 done (also when no daemon runs: the switch takes effect at its next start);
-1 ``verify`` found problems, or a daemon runs that could not be signalled (the switch is made
-but the daemon still runs the old bundle); 2 refused (BundleError/ConfigError, one line).
+1 ``verify`` found problems, ``build`` could not build or self-test a plan, or a daemon runs that
+could not be signalled (the switch is made but the daemon still runs the old bundle); 2 refused
+(BundleError/ConfigError, one line).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Final
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Optional
 
 from edgeseg.config.engines import EnginesConfig
-from edgeseg.errors import ConfigError
+from edgeseg.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:
+    from edgeseg.bundle.device import DeviceInfo
     from edgeseg.flash.daemon import DaemonNotice
     from edgeseg.flash.store import EngineStore, Inspection, Switch
 
@@ -69,6 +73,17 @@ def _signature_word(check: Inspection) -> str:
     return "signed (not checked: no public key configured)" if check.signed else "unsigned"
 
 
+def _device_plans(path: Path) -> int:
+    """How many plans this device built into the bundle (0 when none or unreadable)."""
+    from edgeseg.bundle.local import read_device_manifest
+
+    try:
+        overlay = read_device_manifest(path)
+    except BundleError:
+        return 0
+    return len(overlay.plans) if overlay is not None else 0
+
+
 def _summary(check: Inspection) -> str:
     m = check.manifest
     if m is None:
@@ -76,7 +91,9 @@ def _summary(check: Inspection) -> str:
     files = len(m.engines) + len(m.extra_files)
     plural = "s" if files != 1 else ""
     runs = f"{len(check.usable)} of {len(m.engines)} engines run here"
-    return f"{files} file{plural} verified, {runs}, {_signature_word(check)}"
+    plans = _device_plans(check.path)
+    built = f", {plans} plan{'s' if plans != 1 else ''} built on this device" if plans else ""
+    return f"{files} file{plural} verified, {runs}{built}, {_signature_word(check)}"
 
 
 def _switched(switch: Switch, notice: DaemonNotice | None) -> int:
@@ -123,9 +140,27 @@ def cmd_list(args: argparse.Namespace) -> int:
             reason = incompatibility(e, device)
             here = "runs here" if reason is None else f"not here: {reason}"
             print(f"              {e.file:<{width}}  {describe_engine(e)}  {here}")
+        _list_device_plans(b.path, device)
     for problem in store.link_problems():
         print(f"  problem: {problem}")
     return EXIT_OK
+
+
+def _list_device_plans(path: Path, device: DeviceInfo) -> None:
+    """The plans ``engines build`` made in an installed bundle, as the signed engines are listed."""
+    from edgeseg.bundle.local import read_device_manifest
+    from edgeseg.bundle.verify import incompatibility
+    from edgeseg.flash.store import describe_engine
+
+    try:
+        overlay = read_device_manifest(path)
+    except BundleError as exc:
+        print(f"              DAMAGED: {exc}")
+        return
+    for p in overlay.plans if overlay is not None else []:
+        reason = incompatibility(p.engine, device)
+        here = "runs here" if reason is None else f"not here: {reason}"
+        print(f"              {p.engine.file}  {describe_engine(p.engine)}  built here {p.built or ''}  {here}")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -187,6 +222,68 @@ def cmd_remove(args: argparse.Namespace) -> int:
     store, _ = _store(args)
     print(f"engines: removed {store.remove(args.bundle, force=args.force)}")
     return EXIT_OK
+
+
+def _device_facts() -> tuple[DeviceInfo, Optional[str]]:
+    """This device (TensorRT, GPU identity) and why its JetPack is unknown (None when known)."""
+    from edgeseg.bundle.device import probe_device
+    from edgeseg.platform.host import Host
+    from edgeseg.platform.jetson import read_platform
+
+    return probe_device(), read_platform(Host()).problem()
+
+
+def _bundle_to_build(args: argparse.Namespace, store: EngineStore, device: DeviceInfo) -> tuple[Path, Optional[str]]:
+    """The bundle directory BUNDLE names (a path when it holds a '/', else an installed bundle),
+    verified (hashes, signature when a key is configured) before anything is built from it."""
+    from edgeseg.flash.store import inspect_bundle
+
+    target: str = args.bundle
+    bid: Optional[str] = None
+    if os.sep in target or target in (".", ".."):
+        path = Path(target).resolve()
+        if not path.is_dir():
+            raise BundleError(f"bundle {target}: {'not a directory' if path.exists() else 'does not exist'}")
+    else:
+        bid = store.resolve(target)
+        path = store.bundles_dir / bid
+    # The signed files and signature; not device/ (rebuilt anyway), nor whether an engine runs
+    # here already: the plans about to be built are what will run (ONNX Runtime may be absent).
+    runs_anything = dataclasses.replace(device, onnxruntime=device.onnxruntime or "not needed to build")
+    check = inspect_bundle(path, runs_anything, store.public_key)
+    problems = list(check.problems)
+    if bid is not None and check.manifest is not None and check.bundle_id != bid:
+        problems.append(f"manifest.json does not match the bundle's id {bid} (modified after install)")
+    if problems:
+        raise BundleError(f"bundle {target}: not building from it: {'; '.join(problems)}")
+    return path, bid
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from edgeseg.flash import build
+
+    precisions = build.parse_precisions(args.precision) if args.precision is not None else None
+    sizes = build.parse_sizes(args.resolutions) if args.resolutions is not None else None
+    if args.workspace < 1:
+        raise BundleError(f"--workspace {args.workspace}: expected at least 1 MiB")
+    device, platform_problem = _device_facts()
+    version = build.preflight(device, platform_problem)
+    store, cfg = _store(args)
+    path, bid = _bundle_to_build(args, store, device)
+    manifest, _ = build.read_signed(path)
+    requests, notes = build.plan_requests(manifest, version, precisions, sizes)
+    for note in notes:
+        print(f"engines build: left out: {note}")
+    plural = "s" if len(requests) != 1 else ""
+    print(f"engines build: {bid or path}: {len(requests)} plan{plural} on {device.describe()}")
+    report = build.build_plans(path, requests, device, workspace_mib=args.workspace, force=args.force,
+                               selftest=build.selftest_plan, say=lambda line: print(line, flush=True))
+    print(f"engines build: {report.summary()}", file=sys.stdout if report.ok else sys.stderr)
+    code = EXIT_OK if report.ok else EXIT_PROBLEMS
+    if report.built and bid is not None and bid == store.active_id():
+        notice = _reload(cfg)
+        print(f"engines: {notice.message}", file=sys.stdout if notice.applied else sys.stderr)
+    return code
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
@@ -256,6 +353,20 @@ def add_engines_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("bundle", metavar="NAME", help="bundle id (name@hash), name, or id prefix")
     p.add_argument("--force", action="store_true", help="also remove the previous bundle (loses the rollback)")
     p.set_defaults(func=cmd_remove)
+
+    p = actions.add_parser("build", parents=[common],
+                           help="build TensorRT plans on this device from a bundle's ONNX files (into its device/)")
+    p.add_argument("bundle", metavar="NAME|PATH",
+                   help="an installed bundle (name, id, 'active'), or a bundle directory when it holds a '/' (./b)")
+    p.add_argument("--precision", metavar="LIST",
+                   help="plans to build, of fp32,fp16,int8 (int8 from the bundle's Q/DQ ONNX); "
+                        "default: fp16, and int8 where the bundle has its Q/DQ ONNX")
+    p.add_argument("--resolutions", metavar="LIST", help="input sizes, e.g. 320,640; default: every size in the bundle")
+    p.add_argument("--workspace", type=int, default=1024, metavar="MiB",
+                   help="TensorRT's tactic workspace limit (default 1024)")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild plans already built for this device and TensorRT version")
+    p.set_defaults(func=cmd_build)
 
     p = actions.add_parser("sign", help="sign a bundle directory's manifest with an ed25519 private key")
     p.add_argument("bundle", metavar="BUNDLE", help="bundle directory")

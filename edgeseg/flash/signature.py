@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from edgeseg.bundle.manifest import MANIFEST_NAME, parse_manifest
+from edgeseg.bundle.manifest import MANIFEST_NAME, parse_manifest, read_manifest_bytes
 from edgeseg.bundle.verify import integrity_problems
 from edgeseg.errors import BundleError
 
@@ -132,12 +132,7 @@ def sign_bundle(bundle_dir: str | Path, private_key: str | Path) -> Path:
     d = Path(bundle_dir)
     key = load_private_key(private_key)
     manifest_path = d / MANIFEST_NAME
-    try:
-        manifest_bytes = manifest_path.read_bytes()
-    except FileNotFoundError:
-        raise BundleError(f"{d}: not an engine bundle (no {MANIFEST_NAME})") from None
-    except OSError as exc:
-        raise BundleError(f"{manifest_path}: cannot read ({exc.strerror})") from None
+    manifest_bytes = read_manifest_bytes(d)
     manifest = parse_manifest(manifest_bytes.decode("utf-8", errors="replace"), str(manifest_path))
     problems = integrity_problems(d, manifest)
     if problems:

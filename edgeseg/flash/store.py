@@ -4,7 +4,10 @@ Layout (``ROOT`` is ``engines.root``, by default ``/var/lib/edgeseg/engines``)::
 
     ROOT/
       bundles/<name>@<hash>/    installed bundles, never changed after install: manifest.json,
-                                manifest.json.sig when signed, and exactly the files it lists
+                                manifest.json.sig when signed, and exactly the files it lists;
+        device/                 the one exception: TensorRT plans built on this device from the
+                                bundle's ONNX (``edgeseg engines build``), with their own
+                                manifest (``edgeseg.bundle.local``), replaced whole per build
       active   -> bundles/...   what the daemon runs (relative symlink)
       previous -> bundles/...   what ``rollback`` returns to (relative symlink)
       .staging-*/               an install in progress
@@ -27,11 +30,18 @@ Guarantees:
   switched before ``active``: a crash in between leaves the old bundle running.
 - ``activate`` and ``rollback`` re-verify the bundle they switch to (hashes, unexpected files,
   signature when a key is configured, an engine that runs here) before switching.
+- An install self-tests every engine that runs here against the bundle's reference (the
+  decoded instances of its fp32 ONNX, ``edgeseg.bundle.selftest``) on the staged copy: a bundle
+  none of whose engines passes is refused, one with failing engines is installed with a note
+  per failure (the runtime falls back to the engines that pass). A bundle without a reference
+  (exported before self-tests) installs with a warning that its engines were not tested.
 - The active bundle cannot be removed; the previous one only with ``force``.
 - Every refusal is a BundleError whose one-line message names the bundle or file and the reason.
 
 The device probe is the one hardware-dependent piece: ``EngineStore(probe=...)`` takes any
-function returning a DeviceInfo (tests pass a fixed one; by default ``probe_device``).
+function returning a DeviceInfo (tests pass a fixed one; by default ``probe_device``). The
+self-test loads engines: ``EngineStore(selftest=...)`` takes the function that tests one (by
+default ``selftest_engine``; None skips the self-test).
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -49,10 +60,14 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Final, Optional
 
 from edgeseg.bundle.device import DeviceInfo, probe_device
+from edgeseg.bundle.local import is_device_path, overlay_problems
 from edgeseg.bundle.manifest import MANIFEST_NAME, EngineRecord, Manifest, parse_manifest
+from edgeseg.bundle.selftest import SelfTestResult, selftest_engine
 from edgeseg.bundle.verify import integrity_problems, partition_engines
 from edgeseg.errors import BundleError
 from edgeseg.flash.signature import SIGNATURE_NAME, signature_problem
+
+log = logging.getLogger(__name__)
 
 BUNDLES_DIR: Final = "bundles"
 ACTIVE: Final = "active"
@@ -70,6 +85,38 @@ _MB: Final = 1 << 20
 
 #: The hardware seam: a function telling what this device can run.
 DeviceProbe = Callable[[], DeviceInfo]
+#: Tests one engine of a (staged) bundle; None when the bundle has no reference for it.
+EngineSelfTest = Callable[[Path, Manifest, EngineRecord], Optional[SelfTestResult]]
+
+
+def selftest_problems(
+    path: Path, manifest: Manifest, usable: tuple[EngineRecord, ...], device: DeviceInfo, test: EngineSelfTest,
+    *, allow_fallback: bool = True,
+) -> tuple[list[str], list[str]]:
+    """Self-test every engine in ``usable``: (problems that refuse the bundle, notes).
+
+    Refused: no engine passes; or, unless ``allow_fallback``, on a device with TensorRT where the
+    bundle has TensorRT engines, none of those passes (it would run on ONNX Runtime only, as
+    ``inspect_bundle`` refuses when none fits). Each failure is one note, the figures in one line.
+    """
+    if manifest.selftest is None:
+        log.warning("bundle %s: no self-test reference (exported before self-tests): engines installed untested",
+                    manifest.name)
+        return [], []
+    results = [(e, test(path, manifest, e)) for e in usable]
+    failed = [r for _, r in results if r is not None and not r.passed]
+    notes = [f"{r.one_line()}; the runtime falls back to an engine that passes" for r in failed]
+    passing = [e for e, r in results if r is None or r.passed]
+    if failed and not passing:
+        return [f"every engine that runs here failed its self-test: {'; '.join(r.one_line() for r in failed)}"], []
+    if (
+        failed and not allow_fallback and device.tensorrt is not None
+        and any(e.runtime == "tensorrt" for e in usable) and not any(e.runtime == "tensorrt" for e in passing)
+    ):
+        lines = "; ".join(r.one_line() for r in failed)
+        return [f"none of its TensorRT engines passes its self-test ({lines}); it would run on ONNX Runtime only "
+                "(--allow-fallback installs it anyway)"], []
+    return [], notes
 
 
 def bundle_id(manifest: Manifest, manifest_bytes: bytes) -> str:
@@ -140,7 +187,9 @@ def inspect_bundle(
     - the manifest parses and its name can name a directory;
     - with ``public_key``: ``manifest.json.sig`` exists and verifies over the manifest's bytes;
     - every listed file stays inside the bundle, exists, and has the manifest's size and sha256;
-    - ``exact_files``: no file besides those (installed bundles hold nothing unverified);
+    - ``exact_files``: no file besides those (installed bundles hold nothing unverified), except
+      in ``device/``, the plans this device built, which must match its own manifest
+      (``edgeseg.bundle.local.overlay_problems``);
     - at least one engine runs on ``device``; and unless ``allow_fallback``, on a device with
       TensorRT a bundle of TensorRT engines needs one that fits, not only ONNX Runtime ones.
 
@@ -174,14 +223,15 @@ def inspect_bundle(
         if sig:
             problems.append(sig)
     problems += [f"{n}: reserved name, cannot be an engine or extra file" for n in _listed_files(manifest)
-                 if n in _RESERVED]
+                 if n in _RESERVED or is_device_path(n)]
     problems += integrity_problems(d, manifest)  # also refuses names that leave the bundle
     if exact_files:
         expected = set(_listed_files(manifest)) | _RESERVED
         for f in sorted(d.rglob("*")):
             rel = f.relative_to(d).as_posix()
-            if (f.is_file() or f.is_symlink()) and rel not in expected:
+            if (f.is_file() or f.is_symlink()) and rel not in expected and not is_device_path(rel):
                 problems.append(f"{rel}: not in the manifest (added after install)")
+        problems += overlay_problems(d, manifest, raw)  # device/: plans built here, verified by their manifest
 
     usable, unusable = partition_engines(manifest, device)
     if not usable:
@@ -266,10 +316,17 @@ def _remove_tree(path: Path) -> None:
 class EngineStore:
     """The bundles under one root and the operations on them (see the module docstring)."""
 
-    def __init__(self, root: str | Path, public_key: str | Path | None = None, probe: DeviceProbe = probe_device):
+    def __init__(
+        self,
+        root: str | Path,
+        public_key: str | Path | None = None,
+        probe: DeviceProbe = probe_device,
+        selftest: EngineSelfTest | None = selftest_engine,
+    ):
         self.root = Path(root)
         self.public_key = Path(public_key) if public_key is not None else None
         self._probe = probe
+        self._selftest = selftest
         self._device: DeviceInfo | None = None
 
     @property
@@ -475,6 +532,12 @@ class EngineStore:
                 check = self.inspect(staging, allow_fallback=allow_fallback)
                 if check.problems:
                     raise BundleError(f"bundle {src}: refused: {'; '.join(check.problems)}")
+                tested: list[str] = []
+                if self._selftest is not None and check.manifest is not None:
+                    problems, tested = selftest_problems(staging, check.manifest, check.usable, self.device,
+                                                         self._selftest, allow_fallback=allow_fallback)
+                    if problems:
+                        raise BundleError(f"bundle {src}: refused: {'; '.join(problems)}")
                 bid = check.bundle_id
                 dest = self.bundles_dir / bid
                 already = repaired = False
@@ -497,7 +560,7 @@ class EngineStore:
             finally:
                 _remove_tree(staging)
             switch = self._switch_to(bid) if activate else None
-            return InstallResult(bid, dest, check, already, repaired, switch, list(check.unusable))
+            return InstallResult(bid, dest, check, already, repaired, switch, [*check.unusable, *tested])
 
     def activate(self, ref: str) -> Switch:
         """Verify an installed bundle and make it the active one (the old one becomes previous)."""

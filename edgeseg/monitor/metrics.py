@@ -12,7 +12,11 @@
   and the resolution-performance table (``adaptive_table_latency_seconds``: seed, measured and
   predicted latency per size);
 * telemetry (when given): every reading as a gauge ``edgeseg_<name>`` labelled with its
-  ``source`` (jtop, psutil, nvml, thermal), plus ``telemetry_source_up`` per source.
+  ``source`` (jtop, psutil, nvml, thermal), plus ``telemetry_source_up`` per source;
+* the engine self-test (with a running model, once anything was tested; counted by the process-wide
+  ``edgeseg.bundle.selftest.LEDGER``, their one owner): ``selftest_runs_total{engine,result}``,
+  ``selftest_failures_total{engine}``, ``selftest_fallbacks_total{refused,serving}`` and
+  ``selftest_skipped_total{bundle}`` (loads of a bundle without a reference).
 
 The format: ``# HELP`` and ``# TYPE`` once per family, then its samples; label values escape
 backslash, double quote and newline; HELP text escapes backslash and newline; histogram buckets
@@ -30,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from edgeseg.bundle.selftest import LEDGER, LedgerCounts
 from edgeseg.monitor.telemetry import TelemetrySnapshot, readings_by_name
 from edgeseg.structures import FrameResult
 
@@ -288,6 +293,22 @@ def _telemetry_families(reg: Registry, telemetry: TelemetrySnapshot) -> None:
             fam.add(r.value, (*r.labels, ("source", r.source)))
 
 
+def _selftest_families(reg: Registry, counts: LedgerCounts) -> None:
+    runs = reg.family("selftest_runs_total", "engine self-tests run, by engine file and verdict", "counter")
+    for (engine, result), n in sorted(counts.runs.items()):
+        runs.add(n, (("engine", engine), ("result", result)))
+    failures = reg.family("selftest_failures_total", "engines refused by their self-test, by engine file", "counter")
+    for engine, n in sorted(counts.failures.items()):
+        failures.add(n, (("engine", engine),))
+    fallbacks = reg.family("selftest_fallbacks_total",
+                           "loads that fell back from an engine refused by its self-test to another", "counter")
+    for (refused, serving), n in sorted(counts.fallbacks.items()):
+        fallbacks.add(n, (("refused", refused), ("serving", serving)))
+    skipped = reg.family("selftest_skipped_total", "loads of a bundle without a self-test reference", "counter")
+    for bundle, n in sorted(counts.skipped.items()):
+        skipped.add(n, (("bundle", bundle),))
+
+
 def render_metrics(
     pipeline: Pipeline | None = None,
     *,
@@ -296,6 +317,7 @@ def render_metrics(
     adaptive: AdaptiveController | None = None,
     telemetry: TelemetrySnapshot | None = None,
     extra: Mapping[str, float] | None = None,
+    selftest: LedgerCounts | None = None,
 ) -> str:
     """The ``/metrics`` page.
 
@@ -306,6 +328,8 @@ def render_metrics(
         adaptive: the adaptive controller, when the picker runs.
         telemetry: a ``Telemetry.snapshot()``.
         extra: further gauges, name (without prefix) -> value (e.g. uptime_seconds).
+        selftest: self-test counts; by default the process's ``LEDGER`` on the page of a running
+            model (a pipeline or ``model`` given), nothing otherwise.
     """
     reg = Registry()
     if pipeline is not None:
@@ -321,6 +345,8 @@ def render_metrics(
         _adaptive_families(reg, adaptive)
     if telemetry is not None:
         _telemetry_families(reg, telemetry)
+    if selftest is not None or shown is not None:
+        _selftest_families(reg, LEDGER.counts() if selftest is None else selftest)
     for name, value in (extra or {}).items():
         reg.gauge(name, name.replace("_", " "), value)
     return reg.render()

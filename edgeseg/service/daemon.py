@@ -4,6 +4,8 @@
       loop every tick: watchdog (only while no stage is stalled) · STATUS= and stats every N s
       SIGHUP  ─► RELOADING=1 ─► new config + model checked ─► old pipeline drained ─► new one ─► READY=1
       SIGTERM ─► STOPPING=1 ─► capture stops, frames in flight finished and flushed ─► exit 0
+      engines.build_on_start, serving a bundle's ONNX Runtime engine where TensorRT is installed:
+              TensorRT plans built in a background thread ─► reload (as SIGHUP) onto them
 
 A reload that fails (bad config, refused bundle, camera gone) keeps or restores the running
 configuration and says why; the MQTT session lives across reloads, so subscribers never see
@@ -29,6 +31,7 @@ from typing import Any
 from edgeseg.adaptive.controller import AdaptiveController, open_adaptive
 from edgeseg.adaptive.ladder import ModelLadder
 from edgeseg.app import Runtime, build_pipeline, build_processor, open_model
+from edgeseg.bundle.selftest import LEDGER
 from edgeseg.config import Config, load_config
 from edgeseg.dashboard.feed import DashboardSink
 from edgeseg.dashboard.server import DashboardServer
@@ -37,6 +40,7 @@ from edgeseg.model import Model
 from edgeseg.monitor.metrics import StageHistograms, render_metrics
 from edgeseg.monitor.telemetry import Telemetry
 from edgeseg.pipeline.runner import Pipeline
+from edgeseg.service.build_on_start import BuildOnStart
 from edgeseg.service.controls import DaemonControls
 from edgeseg.service.logs import configure_service_logging
 from edgeseg.service.notify import Notifier, watchdog_interval_s
@@ -113,6 +117,7 @@ class Daemon:
         config_path: the YAML file re-read on every reload.
         overrides: command-line values laid over the file, on start and on every reload.
         persistent_sinks: opens outputs that outlive reloads (the MQTT publisher).
+        build_on_start: builds a bundle's TensorRT plans in the background (``engines.build_on_start``).
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class Daemon:
         overrides: Mapping[str, Any] | None = None,
         persistent_sinks: PersistentSinks | None = None,
         notifier: Notifier | None = None,
+        build_on_start: BuildOnStart | None = None,
     ):
         self.config_path = config_path
         self.overrides = dict(overrides or {})
@@ -135,6 +141,7 @@ class Daemon:
         self.reloads = 0
         self.controls = DaemonControls(self, self._open_ladder)
         self.telemetry: Telemetry | None = None
+        self.build_on_start = build_on_start or BuildOnStart()
 
     @property
     def active(self) -> _Active | None:
@@ -236,6 +243,7 @@ class Daemon:
             self._active = self._start(new, model)
             self.reloads += 1
             log.info("reloaded: model %s, source %s", model.spec.name, new.source.uri)
+            self.build_on_start.start(new, model, self.request_reload)  # a newly activated bundle's plans
         except EdgesegError as exc:
             log.error("reload failed (%s); restoring the previous configuration", exc)
             self._active = self._start(old)
@@ -261,7 +269,9 @@ class Daemon:
         """The Prometheus page for /metrics."""
         active = self._active
         if active is None:
-            return render_metrics(telemetry=self.telemetry.snapshot() if self.telemetry else None)
+            # Between a refused load and the next one the self-test counts matter most: show them.
+            return render_metrics(telemetry=self.telemetry.snapshot() if self.telemetry else None,
+                                  selftest=LEDGER.counts())
         return render_metrics(active.pipeline, model=active.runtime.processor.model, histograms=active.histograms,
                               adaptive=active.controller,
                               telemetry=self.telemetry.snapshot() if self.telemetry else None)
@@ -338,6 +348,7 @@ class Daemon:
             interval = watchdog_interval_s()
             log.info("serving: watchdog %s", f"every {interval:.1f} s" if interval else "off (not under systemd)")
             self.notifier.ready(status_line(self.stats()))
+            self.build_on_start.start(config, self._active.runtime.model, self.request_reload)
             while not self._stop.wait(TICK_S):
                 if self._reload.is_set():
                     self._reload.clear()

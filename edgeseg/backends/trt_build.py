@@ -1,4 +1,10 @@
-"""Build a TensorRT engine from an ONNX file: the step of the export stage that needs the GPU.
+"""Build a TensorRT plan from an ONNX file: the one step of making engines that needs the GPU.
+
+It lives in the runtime package, not in the export stage, because a plan runs only with the
+TensorRT version and the GPU model that built it: the device builds its own plans from the ONNX
+files of a bundle (``edgeseg engines build``, ``edgeseg.flash.build``) with the runtime's
+dependencies plus TensorRT, no torch or onnxsim. The export stage calls it too, where a
+workstation has TensorRT.
 
 Which flags, profiles and ONNX contents each precision needs on each TensorRT release is decided
 by ``edgeseg.backends.trt_plan`` (tested without a GPU); this module only calls TensorRT's Python
@@ -7,8 +13,9 @@ API with those decisions, through the calls that exist from 8.5 to 11.x: ``Build
 ``build_serialized_network``. tensorrt is imported inside the functions, so importing this
 module is free and ``tensorrt_available()`` answers on any machine.
 
-A plan runs only with the TensorRT version and GPU that built it, so the builder record names
-both; the runtime refuses a plan whose record does not match its device (bundle/verify.py).
+The builder record names the TensorRT version and the GPU's identity (compute capability, SM
+count, Jetson board: ``edgeseg.bundle.device.builder_record``); the runtime refuses a plan whose
+record does not match its device (bundle/verify.py).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import TYPE_CHECKING, Final
 
 from edgeseg.backends import trt_plan
 from edgeseg.backends.tensorrt import tensor_dims, tensorrt_version, trt_logger
-from edgeseg.bundle.device import probe_device
+from edgeseg.bundle.device import builder_record, probe_device
 from edgeseg.bundle.manifest import BuilderRecord
 from edgeseg.errors import ExportError
 
@@ -192,4 +199,4 @@ def build_engine(
         raise ExportError(f"{engine_path}: cannot write ({exc.strerror or exc})") from None
     log.info("built %s (%s, TensorRT %s, %s) in %.0f s, %d bytes", engine_path.name, precision, found, here.gpu,
              time.monotonic() - t0, plan.nbytes)
-    return BuilderRecord(runtime="tensorrt", version=found, gpu=here.gpu, compute_capability=here.compute_capability)
+    return builder_record(here, found)
