@@ -111,7 +111,18 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 
 def store_for(tmp_path: Path, device: DeviceInfo = CPU, public_key: Path | None = None) -> EngineStore:
-    return EngineStore(tmp_path / "root", public_key, probe=lambda: device)
+    """A store whose test load is skipped: these bundles are hashes of random bytes, not models
+    (tests/test_hardening_flash.py loads the real demo bundle)."""
+    return EngineStore(tmp_path / "root", public_key, probe=lambda: device, loader=None)
+
+
+@pytest.fixture(autouse=True)
+def _fake_bundles_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line test-loads through ``load_as_the_daemon``: these random-byte bundles
+    would never load, so here a load is taken to succeed."""
+    import edgeseg.flash.store as store_module
+
+    monkeypatch.setattr(store_module, "load_as_the_daemon", lambda path, **_: "fake engine")
 
 
 @pytest.fixture()
@@ -289,16 +300,16 @@ def test_interrupted_copy_leaves_nothing(
     before = snapshot(store.root)
     import edgeseg.flash.store as store_module
 
-    real_copy = store_module.shutil.copyfile
+    real_copy = store_module.shutil.copyfileobj
     calls: list[str] = []
 
     def copy_then_fail(src: Any, dst: Any) -> Any:
-        calls.append(str(src))
+        calls.append(str(dst.name))
         if len(calls) == 2:
             raise interrupt
         return real_copy(src, dst)
 
-    monkeypatch.setattr(store_module.shutil, "copyfile", copy_then_fail)
+    monkeypatch.setattr(store_module.shutil, "copyfileobj", copy_then_fail)
     with pytest.raises(type(interrupt) if isinstance(interrupt, KeyboardInterrupt) else BundleError) as info:
         store.install(make_bundle(tmp_path / "src2", seed="next"), activate=True)
     if isinstance(info.value, BundleError):
@@ -475,16 +486,44 @@ def test_operations_on_a_missing_root_say_so(tmp_path: Path) -> None:
 # -- the daemon ------------------------------------------------------------------------------
 
 DAEMON = """
-import os, signal, sys, time
-pid_file, log = sys.argv[2], sys.argv[3]
-signal.signal(signal.SIGHUP, lambda *_: open(log, "a").write("reload\\n"))
-tmp = pid_file + ".tmp"
-open(tmp, "w").write(str(os.getpid()))
-os.replace(tmp, pid_file)
-end = time.time() + 20
+import fcntl, json, os, signal, sys, time
+pid_file, log, mode = sys.argv[2], sys.argv[3], sys.argv[4]
+reloads = 0
+def verdict(ok, message):
+    tmp = pid_file + ".reload.json.tmp"
+    open(tmp, "w").write(json.dumps({"pid": os.getpid(), "reloads": reloads, "ok": ok, "message": message}))
+    os.replace(tmp, pid_file + ".reload.json")
+def on_hup(*_):
+    global reloads
+    reloads += 1
+    open(log, "a").write("reload\\n")
+    if mode != "quiet":
+        verdict(mode == "accept", "reloaded: model det" if mode == "accept" else "reload refused: not a model")
+signal.signal(signal.SIGHUP, on_hup)
+fd = os.open(pid_file, os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)  # as edgeseg serve does: held while it runs
+os.write(fd, str(os.getpid()).encode())
+if mode != "quiet":
+    verdict(True, "started")
+end = time.time() + 30
 while time.time() < end:
     time.sleep(0.05)
 """
+
+
+def start_daemon(tmp_path: Path, mode: str = "quiet") -> tuple[Path, Path, subprocess.Popen[bytes]]:
+    """A real process run as ``edgeseg serve`` (a script named edgeseg) holding its pid file's
+    lock; ``mode``: quiet (writes no verdicts, as an older daemon), accept or refuse reloads."""
+    pid_file, log = tmp_path / "run" / "edgeseg.pid", tmp_path / "hup.log"
+    pid_file.parent.mkdir(exist_ok=True)
+    script = tmp_path / "bin" / "edgeseg"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(DAEMON)
+    proc = subprocess.Popen([sys.executable, str(script), "serve", str(pid_file), str(log), mode])
+    if not _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() == str(proc.pid)):
+        proc.kill()
+        raise AssertionError("test daemon did not write its pid file")
+    return pid_file, log, proc
 
 
 def _wait_for(check: Callable[[], bool], seconds: float = 10.0) -> bool:
@@ -498,12 +537,9 @@ def _wait_for(check: Callable[[], bool], seconds: float = 10.0) -> bool:
 
 @pytest.fixture()
 def daemon(tmp_path: Path) -> Iterator[tuple[Path, Path, subprocess.Popen[bytes]]]:
-    """A real process with a SIGHUP handler ('edgeseg' in its command line) and its pid file."""
-    pid_file, log = tmp_path / "run" / "edgeseg.pid", tmp_path / "hup.log"
-    pid_file.parent.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", DAEMON, "edgeseg-test-daemon", str(pid_file), str(log)])
+    """A running ``edgeseg serve`` stand-in that writes no verdicts (see ``start_daemon``)."""
+    pid_file, log, proc = start_daemon(tmp_path)
     try:
-        assert _wait_for(pid_file.exists), "test daemon did not write its pid file"
         yield pid_file, log, proc
     finally:
         proc.kill()
@@ -550,13 +586,13 @@ def test_daemon_notices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     exited.wait()
     pid_file.write_text(f"{exited.pid}\n")
     notice = reload_daemon(pid_file)
-    assert not notice.signalled and notice.applied and f"process {exited.pid} has exited" in notice.message
+    assert not notice.signalled and notice.applied and "no edgeseg serve holds it" in notice.message
 
     stranger = subprocess.Popen(["sleep", "30"])
     try:
         pid_file.write_text(str(stranger.pid))
         notice = reload_daemon(pid_file)
-        assert not notice.signalled and "which is not edgeseg (stale pid file)" in notice.message
+        assert not notice.signalled and "no edgeseg serve holds it" in notice.message
         time.sleep(0.1)
         assert stranger.poll() is None  # SIGHUP would have ended it
     finally:
@@ -569,7 +605,8 @@ def test_daemon_notices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         raise PermissionError(1, "Operation not permitted")
 
     pid_file.write_text(str(os.getpid()))
-    monkeypatch.setattr(daemon_module, "_cmdline", lambda pid: "edgeseg run --config x")
+    monkeypatch.setattr(daemon_module, "_argv", lambda pid: ["/usr/bin/edgeseg", "serve", "--config", "x"])
+    monkeypatch.setattr(daemon_module, "_locked_by_someone", lambda path: True)
     monkeypatch.setattr(daemon_module.os, "kill", denied)
     notice = reload_daemon(pid_file)
     assert not notice.applied and "permission denied" in notice.message and "kill -HUP" in notice.message

@@ -25,7 +25,7 @@ from edgeseg.errors import BundleError, ConfigError
 if TYPE_CHECKING:
     from edgeseg.bundle.device import DeviceInfo
     from edgeseg.flash.daemon import DaemonNotice
-    from edgeseg.flash.store import EngineStore, Inspection, Switch
+    from edgeseg.flash.store import BundleLoader, EngineStore, Inspection, Switch
 
 EXIT_OK: Final = 0
 EXIT_PROBLEMS: Final = 1
@@ -61,7 +61,22 @@ def _store(args: argparse.Namespace) -> tuple[EngineStore, EnginesConfig]:
     from edgeseg.flash.store import EngineStore
 
     cfg = engines_config(args)
-    return EngineStore(cfg.root, cfg.public_key), cfg
+    return EngineStore(cfg.root, cfg.public_key, loader=_loader(args)), cfg
+
+
+def _loader(args: argparse.Namespace) -> BundleLoader:
+    """Test-loads a bundle with the daemon's own model options (its config's ``model`` section),
+    so a bundle is refused before the switch exactly when the daemon's reload would refuse it."""
+    from functools import partial
+
+    from edgeseg.flash.store import load_as_the_daemon
+
+    if not getattr(args, "config", None):
+        return load_as_the_daemon
+    from edgeseg.config import load_config
+
+    m = load_config(args.config).model
+    return partial(load_as_the_daemon, imgsz=m.imgsz, threads=m.threads, device=m.device, precision=m.precision)
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -100,11 +115,37 @@ def _switched(switch: Switch, notice: DaemonNotice | None) -> int:
     if not switch.changed:
         print(f"engines: {switch.active} is already active; nothing switched")
         return EXIT_OK
-    print(f"engines: active {switch.active} (previous: {switch.was_active or 'none'})")
+    loaded = f", test-loaded: {switch.loaded}" if switch.loaded else ""
+    print(f"engines: active {switch.active} (previous: {switch.was_active or 'none'}{loaded})")
     if notice is None:
         return EXIT_OK
     print(f"engines: {notice.message}", file=sys.stdout if notice.applied else sys.stderr)
     return EXIT_OK if notice.applied else EXIT_NOT_APPLIED
+
+
+def _switch_and_reload(store: EngineStore, cfg: EnginesConfig, switch: Switch) -> int:
+    """Report ``switch``, SIGHUP the daemon and wait (bounded) for its verdict; when it refuses
+    the bundle, put ``active``/``previous`` back so that its next start does not fail on it."""
+    from edgeseg.flash.daemon import VERDICT_WAIT_S, await_verdict
+
+    if not switch.changed:
+        return _switched(switch, None)
+    notice = _reload(cfg)
+    code = _switched(switch, notice)
+    if code != EXIT_OK or not notice.signalled or notice.verdicts_before is None:
+        return code  # no daemon, or one that writes no verdicts: the test load stands for it
+    verdict = await_verdict(cfg.pid_file, notice)
+    if verdict is None:
+        print(f"engines: daemon (pid {notice.pid}) gave no verdict within {VERDICT_WAIT_S:.0f} s "
+              "(still loading, or exited); see its log", file=sys.stderr)
+        return EXIT_NOT_APPLIED
+    if verdict.ok:
+        print(f"engines: daemon (pid {notice.pid}) {verdict.message}")
+        return EXIT_OK
+    back = "switched back to " + (switch.was_active or "no active bundle") if store.undo(switch) else (
+        "left as it is (switched again meanwhile)")
+    raise BundleError(f"bundle {switch.active}: the daemon (pid {notice.pid}) refused it ({verdict.message}); "
+                      f"active {back}")
 
 
 def _reload(cfg: EnginesConfig) -> DaemonNotice:
@@ -121,6 +162,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from edgeseg.flash.store import describe_engine
 
     store, _ = _store(args)
+    store.repair()  # an interrupted switch, where this user may repair it (else listed as a problem)
     bundles = store.installed()
     if not bundles:
         print(f"engines: no bundles installed in {store.root}")
@@ -165,6 +207,7 @@ def _list_device_plans(path: Path, device: DeviceInfo) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     store, _ = _store(args)
+    store.repair()
     checks: list[tuple[str, Inspection]] = []
     target = args.bundle
     if target is not None and (os.sep in target or target in (".", "..")):  # a directory, not installed
@@ -203,19 +246,19 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(f"engines: not usable here: {note}")
     if result.switch is None:
         return EXIT_OK
-    return _switched(result.switch, _reload(cfg) if result.switch.changed else None)
+    return _switch_and_reload(store, cfg, result.switch)
 
 
 def cmd_activate(args: argparse.Namespace) -> int:
     store, cfg = _store(args)
     switch = store.activate(args.bundle)
-    return _switched(switch, _reload(cfg) if switch.changed else None)
+    return _switch_and_reload(store, cfg, switch)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     store, cfg = _store(args)
     switch = store.rollback()
-    return _switched(switch, _reload(cfg) if switch.changed else None)
+    return _switch_and_reload(store, cfg, switch)
 
 
 def cmd_remove(args: argparse.Namespace) -> int:

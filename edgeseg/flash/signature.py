@@ -132,8 +132,16 @@ def sign_bundle(bundle_dir: str | Path, private_key: str | Path) -> Path:
     d = Path(bundle_dir)
     key = load_private_key(private_key)
     manifest_path = d / MANIFEST_NAME
-    manifest_bytes = read_manifest_bytes(d)
-    manifest = parse_manifest(manifest_bytes.decode("utf-8", errors="replace"), str(manifest_path))
+    from edgeseg.flash.store import linked_names  # lazy: the store imports this module
+
+    links = linked_names(d, [MANIFEST_NAME])
+    if not links:
+        manifest_bytes = read_manifest_bytes(d)
+        manifest = parse_manifest(manifest_bytes.decode("utf-8", errors="replace"), str(manifest_path))
+        links = linked_names(d, [e.file for e in manifest.engines] + list(manifest.extra_files))
+    if links:  # a signature would vouch for whatever the link points to when the bundle is read
+        raise BundleError(f"bundle {d}: not signed, a bundle holds regular files only: "
+                          f"{', '.join(links)}: symbolic link")
     problems = integrity_problems(d, manifest)
     if problems:
         raise BundleError(f"bundle {d}: not signed, its files do not match the manifest: {'; '.join(problems)}")

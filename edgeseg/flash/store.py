@@ -47,12 +47,15 @@ default ``selftest_engine``; None skips the self-test).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,7 +66,7 @@ from edgeseg.bundle.device import DeviceInfo, probe_device
 from edgeseg.bundle.local import is_device_path, overlay_problems
 from edgeseg.bundle.manifest import MANIFEST_NAME, EngineRecord, Manifest, parse_manifest
 from edgeseg.bundle.selftest import SelfTestResult, selftest_engine
-from edgeseg.bundle.verify import integrity_problems, partition_engines
+from edgeseg.bundle.verify import file_problem, partition_engines
 from edgeseg.errors import BundleError
 from edgeseg.flash.signature import SIGNATURE_NAME, signature_problem
 
@@ -76,6 +79,8 @@ LOCK_NAME: Final = ".lock"
 STAGING_PREFIX: Final = ".staging-"
 TRASH_PREFIX: Final = ".trash-"
 LINK_TMP_PREFIX: Final = ".link-"
+#: The intent of a switch in progress: ``{"active": ..., "previous": ...}`` as they were before it.
+JOURNAL_NAME: Final = ".switch.json"
 #: Hex digits of the manifest's sha256 in an installed bundle's directory name.
 HASH_CHARS: Final = 12
 #: A bundle name must be a plain directory name (it becomes one); '@' separates the hash.
@@ -87,6 +92,23 @@ _MB: Final = 1 << 20
 DeviceProbe = Callable[[], DeviceInfo]
 #: Tests one engine of a (staged) bundle; None when the bundle has no reference for it.
 EngineSelfTest = Callable[[Path, Manifest, EngineRecord], Optional[SelfTestResult]]
+#: Loads an installed bundle as the daemon will and closes it again: one line naming the engine
+#: that serves, or an exception saying why nothing loads.
+BundleLoader = Callable[[Path], str]
+
+
+def load_as_the_daemon(path: Path, **options: object) -> str:
+    """Load the bundle at ``path`` with ``edgeseg.model.load_model`` (``options`` as the daemon's
+    ``model`` section gives them): the engine choice, its hash, its self-test and the fallback
+    to the next engine, exactly as a reload will run them. Raises when nothing loads."""
+    from edgeseg.model import load_model  # lazy: imports the backends
+
+    model = load_model(path, **options)  # type: ignore[arg-type]
+    try:
+        e = model.engine
+        return f"{e.file} ({describe_engine(e)})" if e is not None else model.spec.name
+    finally:
+        model.close()
 
 
 def selftest_problems(
@@ -132,6 +154,70 @@ def _name_problem(name: str) -> str | None:
     if name in _RESERVED:
         return f"{name}: reserved name, cannot be an engine or extra file"
     return None
+
+
+
+def _link_text(name: str) -> str:
+    return f"{name}: a symbolic link; a bundle holds regular files only (a link can lead out of it)"
+
+
+def _open_in_bundle(root: Path, name: str) -> int | None:
+    """A read-only descriptor of the regular file ``root/name``, None when there is none.
+
+    Each component is opened relative to the one before with ``O_NOFOLLOW``, so neither the
+    file nor a directory on the way may be a symbolic link, and a link swapped in between a
+    check and the open cannot lead out either. A link raises BundleError naming only ``name``.
+    All links are refused, also those that stay inside: a bundle is what ``export`` writes
+    (regular files), an installed bundle holds copies anyway, and judging where a link leads
+    means resolving it, which is the very thing that leaks.
+    """
+    parts = PurePosixPath(name).parts
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        for part in parts[:-1]:
+            step = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = step
+        leaf = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) or (
+            exc.errno == errno.ENOTDIR and _is_link_on_the_way(root, parts)
+        ):
+            raise BundleError(_link_text(name)) from None
+        return None  # missing (ENOENT, ENOTDIR), unreadable: judged later as missing
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(leaf).st_mode):
+        os.close(leaf)
+        return None
+    return leaf
+
+
+def _is_link_on_the_way(root: Path, parts: tuple[str, ...]) -> bool:
+    p = root
+    for part in parts:
+        p = p / part
+        if p.is_symlink():
+            return True
+    return False
+
+
+def _read_in_bundle(root: Path, name: str) -> bytes | None:
+    """The bytes of the regular file ``root/name`` (never through a link), None when absent."""
+    fd = _open_in_bundle(root, name)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def linked_names(root: Path, names: list[str]) -> list[str]:
+    """The names of ``names`` that are, or pass through, a symbolic link under ``root``."""
+    inside = [n for n in names if n in _RESERVED or _name_problem(n) is None]  # others are refused by name
+    return [n for n in inside if _is_link_on_the_way(root, PurePosixPath(n).parts)]
 
 
 def _listed_files(manifest: Manifest) -> list[str]:
@@ -197,13 +283,14 @@ def inspect_bundle(
     at fault, and nothing may pass unchecked.
     """
     d = Path(path)
-    mpath = d / MANIFEST_NAME
     try:
-        raw = mpath.read_bytes()
-    except FileNotFoundError:
-        return Inspection(d, problems=(f"not an engine bundle (no {MANIFEST_NAME})",))
+        raw = _read_in_bundle(d, MANIFEST_NAME)
+    except BundleError as exc:
+        return Inspection(d, problems=(str(exc),))
     except OSError as exc:
         return Inspection(d, problems=(f"{MANIFEST_NAME}: cannot read ({exc.strerror})",))
+    if raw is None:
+        return Inspection(d, problems=(f"not an engine bundle (no {MANIFEST_NAME})",))
     try:
         manifest = parse_manifest(raw.decode("utf-8"), MANIFEST_NAME)
     except UnicodeDecodeError:
@@ -217,14 +304,21 @@ def inspect_bundle(
             f"{MANIFEST_NAME}: bundle name {manifest.name[:40]!r} must be letters, digits, '.', '_', '+', '-' "
             "(at most 100, not starting with '.')"
         )
-    signed = (d / SIGNATURE_NAME).is_file()
-    if public_key is not None:
+    # Links first, and never followed: what a link points to (its size, its hash) stays unsaid.
+    linked = set(linked_names(d, [SIGNATURE_NAME, *_listed_files(manifest)]))
+    problems += [_link_text(n) for n in [SIGNATURE_NAME, *_listed_files(manifest)] if n in linked]
+    signed = SIGNATURE_NAME not in linked and (d / SIGNATURE_NAME).is_file()
+    if public_key is not None and SIGNATURE_NAME not in linked:
         sig = signature_problem(d, raw, public_key)
         if sig:
             problems.append(sig)
     problems += [f"{n}: reserved name, cannot be an engine or extra file" for n in _listed_files(manifest)
                  if n in _RESERVED or is_device_path(n)]
-    problems += integrity_problems(d, manifest)  # also refuses names that leave the bundle
+    unlinked: list[tuple[str, str, Optional[int]]] = [
+        (e.file, e.sha256, e.bytes) for e in manifest.engines if e.file not in linked]
+    unlinked += [(n, sha, None) for n, sha in manifest.extra_files.items() if n not in linked]
+    checked = (file_problem(d, n, sha, size) for n, sha, size in unlinked)  # also names that leave the bundle
+    problems += [p for p in checked if p]
     if exact_files:
         expected = set(_listed_files(manifest)) | _RESERVED
         for f in sorted(d.rglob("*")):
@@ -267,11 +361,17 @@ class InstalledBundle:
 
 @dataclass(frozen=True)
 class Switch:
-    """What ``active`` pointed to before and after; ``changed`` False when it already was."""
+    """What ``active`` pointed to before and after; ``changed`` False when it already was.
+
+    ``was_previous`` is what ``previous`` pointed to before, so that ``undo`` can put both back.
+    ``loaded`` names the engine the test load chose (empty when no loader is configured).
+    """
 
     active: str
     was_active: Optional[str]
     changed: bool
+    was_previous: Optional[str] = None
+    loaded: str = ""
 
 
 @dataclass(frozen=True)
@@ -322,11 +422,13 @@ class EngineStore:
         public_key: str | Path | None = None,
         probe: DeviceProbe = probe_device,
         selftest: EngineSelfTest | None = selftest_engine,
+        loader: BundleLoader | None = load_as_the_daemon,
     ):
         self.root = Path(root)
         self.public_key = Path(public_key) if public_key is not None else None
         self._probe = probe
         self._selftest = selftest
+        self._loader = loader
         self._device: DeviceInfo | None = None
 
     @property
@@ -414,9 +516,12 @@ class EngineStore:
         return check
 
     def link_problems(self) -> list[str]:
-        """``active``/``previous`` links that point at no installed bundle."""
+        """``active``/``previous`` links that point at no installed bundle, an unrepaired switch."""
         ids = self.ids()
         out = []
+        if (self.root / JOURNAL_NAME).exists():
+            out.append(f"{self.root / JOURNAL_NAME}: a switch was interrupted and is not repaired yet "
+                       "(any install/activate/rollback/remove, or list/verify with write access, repairs it)")
         for name in (ACTIVE, PREVIOUS):
             bid = self._link(name)
             if bid is not None and bid not in ids:
@@ -450,6 +555,7 @@ class EngineStore:
                     _remove_tree(p)
                 elif p.name.startswith(LINK_TMP_PREFIX):
                     p.unlink(missing_ok=True)
+            self._repair()
             yield
         finally:
             os.close(fd)
@@ -462,30 +568,125 @@ class EngineStore:
         os.replace(tmp, self.root / link)
         _fsync_dir(self.root)
 
-    def _switch_to(self, bid: str) -> Switch:
-        old = self.active_id()
+    def _journal(self, active: str | None, previous: str | None) -> None:
+        """Record both links as they are, durably, before the first of the two switches."""
+        path = self.root / JOURNAL_NAME
+        tmp = self.root / f"{LINK_TMP_PREFIX}journal-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"active": active, "previous": previous}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.root)
+
+    def _set_links(self, active: str | None, previous: str | None) -> None:
+        """Point (or unset) both links; ``previous`` first, so ``active`` is never left dangling."""
+        for name, bid in ((PREVIOUS, previous), (ACTIVE, active)):
+            if bid is None:
+                (self.root / name).unlink(missing_ok=True)
+                _fsync_dir(self.root)
+            elif self._link(name) != bid:
+                self._point(name, bid)
+
+    def _repair(self) -> None:
+        """Undo a switch a crash interrupted: put both links back as the journal recorded them.
+
+        Back, not forward: the command that switched never said it had, nor told the daemon, so
+        the state the user (and a daemon reading ``active`` at start) knows is the recorded one.
+        A journal that cannot be read (it is written whole by rename, so only a damaged disk
+        makes one) is left for ``verify`` to report; nothing is guessed.
+        """
+        path = self.root / JOURNAL_NAME
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{path}: an interrupted switch whose journal cannot be read ({exc}); "
+                              "set the active/previous links by hand and delete it") from None
+        active, previous = (doc.get(k) if isinstance(doc, dict) else None for k in (ACTIVE, PREVIOUS))
+        ids = self.ids()
+        if not all(v is None or (isinstance(v, str) and v in ids) for v in (active, previous)):
+            raise BundleError(f"{path}: an interrupted switch names bundles that are not installed ({doc}); "
+                              "set the active/previous links by hand and delete it")
+        self._set_links(active, previous)
+        path.unlink()
+        _fsync_dir(self.root)
+        log.warning("engine root %s: repaired a switch a crash interrupted: active %s, previous %s",
+                    self.root, active or "none", previous or "none")
+
+    def repair(self) -> bool:
+        """Repair an interrupted switch if there is one (for ``list``/``verify``); False when one is
+        left because this user may not change the store (``link_problems`` then reports it)."""
+        if not (self.root / JOURNAL_NAME).exists():
+            return True
+        try:
+            with self._locked(create=False):
+                return True
+        except BundleError as exc:
+            log.warning("%s", exc)
+            return False
+
+    def _test_load(self, path: Path, bid: str, verb: str) -> str:
+        """Load ``path`` as the daemon will before switching to it; refuse when nothing loads."""
+        if self._loader is None:
+            return ""
+        try:
+            return self._loader(path)
+        except Exception as exc:  # any failure to load is the daemon's refusal: say it in one line
+            text = str(exc).strip().splitlines()
+            why = text[0] if text else type(exc).__name__
+            raise BundleError(f"bundle {bid}: {verb}: it does not load as the daemon would load it: {why}") from None
+
+    def _switch_to(self, bid: str, verb: str = "not activated", loaded: str | None = None) -> Switch:
+        """Journal, then switch ``previous`` and ``active``; ``bid`` is test-loaded first unless
+        ``loaded`` says it was (the staged copy of an install)."""
+        old, prev = self.active_id(), self.previous_id()
         if old == bid:
-            return Switch(bid, old, changed=False)
+            return Switch(bid, old, changed=False, was_previous=prev)
+        if loaded is None:
+            loaded = self._test_load(self.bundles_dir / bid, bid, verb)
         if old is not None and (self.bundles_dir / old).is_dir():
-            self._point(PREVIOUS, old)
-        elif self.previous_id() == bid:
-            (self.root / PREVIOUS).unlink()
-        self._point(ACTIVE, bid)
-        return Switch(bid, old, changed=True)
+            new_prev: str | None = old
+        else:
+            new_prev = None if prev == bid else prev
+        self._journal(old, prev)
+        self._set_links(bid, new_prev)
+        (self.root / JOURNAL_NAME).unlink()
+        _fsync_dir(self.root)
+        return Switch(bid, old, changed=True, was_previous=prev, loaded=loaded)
+
+    def undo(self, switch: Switch) -> bool:
+        """Put ``active``/``previous`` back as they were before ``switch`` (the daemon refused it).
+
+        Only while ``active`` is still the switch's: a later switch by someone else is left alone
+        (False). Journaled as any switch is.
+        """
+        if not switch.changed:
+            return False
+        with self._locked(create=False):
+            if self.active_id() != switch.active:
+                return False
+            ids = self.ids()
+            previous = switch.was_previous if switch.was_previous in ids else None
+            active = switch.was_active if switch.was_active in ids else None
+            self._journal(switch.active, self.previous_id())
+            self._set_links(active, previous)
+            (self.root / JOURNAL_NAME).unlink()
+            _fsync_dir(self.root)
+            return True
 
     def _stage(self, src: Path, staging: Path) -> None:
         """Copy the manifest, its signature and the files it lists from ``src`` into ``staging``.
 
         Only what would make copying itself unsafe or pointless is refused here; everything
-        else is judged on the staged copy.
+        else is judged on the staged copy. Every file is opened without following links
+        (``_open_in_bundle``): a link is refused by name, and nothing about what it points to
+        (its size, its hash, whether it exists) reaches a message.
         """
-        mpath = src / MANIFEST_NAME
-        try:
-            raw = mpath.read_bytes()
-        except FileNotFoundError:
-            raise BundleError(f"bundle {src}: refused: not an engine bundle (no {MANIFEST_NAME})") from None
-        except OSError as exc:
-            raise BundleError(f"bundle {src}: refused: {MANIFEST_NAME}: cannot read ({exc.strerror})") from None
+        raw = _read_in_bundle(src, MANIFEST_NAME)
+        if raw is None:
+            raise BundleError(f"bundle {src}: refused: not an engine bundle (no {MANIFEST_NAME})")
         (staging / MANIFEST_NAME).write_bytes(raw)
         try:
             manifest = parse_manifest(raw.decode("utf-8"), MANIFEST_NAME)
@@ -503,24 +704,31 @@ class EngineStore:
             raise BundleError(
                 f"bundle {src}: refused: needs {needed / _MB:.1f} MB, {free / _MB:.1f} MB free in {self.root}"
             )
-        if (src / SIGNATURE_NAME).is_file():
-            shutil.copyfile(src / SIGNATURE_NAME, staging / SIGNATURE_NAME)
-        for name in names:
-            source = src / name
-            if not source.is_file():  # missing, a directory or a device: reported as missing
+        for name in [SIGNATURE_NAME, *names]:
+            try:
+                fd = _open_in_bundle(src, name)
+            except BundleError as exc:
+                raise BundleError(f"bundle {src}: refused: {exc}") from None
+            if fd is None:  # missing, a directory or a device: reported as missing (or unsigned)
                 continue
             target = staging / name
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target)
+                with os.fdopen(fd, "rb") as f:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with open(target, "wb") as out:
+                        shutil.copyfileobj(f, out)
             except OSError as exc:
                 raise BundleError(f"bundle {src}: refused: {name}: cannot copy ({exc.strerror})") from None
 
     def install(self, source: str | Path, *, activate: bool = False, allow_fallback: bool = False) -> InstallResult:
         """Copy, verify and publish the bundle in ``source``; with ``activate`` also switch to it."""
         src = Path(source)
-        if not src.is_dir():
+        try:
+            is_dir = src.is_dir()
             why = "not a directory" if src.exists() else "does not exist"
+        except OSError as exc:  # a name component over 255 bytes, a loop of links ...
+            raise BundleError(f"bundle {src}: refused: {exc.strerror or exc}") from None
+        if not is_dir:
             raise BundleError(f"bundle {src}: refused: {why}")
         with self._locked(create=True):
             try:
@@ -540,6 +748,9 @@ class EngineStore:
                         raise BundleError(f"bundle {src}: refused: {'; '.join(problems)}")
                 bid = check.bundle_id
                 dest = self.bundles_dir / bid
+                loaded: str | None = None
+                if activate and bid != self.active_id():  # refused before anything is published
+                    loaded = self._test_load(staging, bid, "refused")
                 already = repaired = False
                 if dest.is_dir():
                     if self.inspect_installed(bid).ok:
@@ -559,7 +770,7 @@ class EngineStore:
                 raise BundleError(f"bundle {src}: not installed ({exc.strerror}: {exc.filename})") from None
             finally:
                 _remove_tree(staging)
-            switch = self._switch_to(bid) if activate else None
+            switch = self._switch_to(bid, loaded=loaded) if activate else None
             return InstallResult(bid, dest, check, already, repaired, switch, [*check.unusable, *tested])
 
     def activate(self, ref: str) -> Switch:
@@ -579,10 +790,13 @@ class EngineStore:
                 raise BundleError(f"engine root {self.root}: nothing to roll back to (no previous bundle)")
             if prev not in self.ids():
                 raise BundleError(f"engine root {self.root}: cannot roll back, previous bundle {prev} is not installed")
+            if prev == self.active_id():
+                raise BundleError(f"engine root {self.root}: nothing to roll back to (the previous bundle {prev} "
+                                  "is the active one)")
             check = self.inspect_installed(prev)
             if check.problems:
                 raise BundleError(f"bundle {prev}: not rolled back to: {'; '.join(check.problems)}")
-            return self._switch_to(prev)
+            return self._switch_to(prev, "not rolled back to")
 
     def remove(self, ref: str, *, force: bool = False) -> str:
         """Delete an installed bundle; never the active one, the previous one only with ``force``."""
