@@ -6,12 +6,17 @@ persistent session counts what arrives, by frame id.
 
     .venv/bin/python benchmarks/bench_mqtt.py                  # throughput + both loss checks
     .venv/bin/python benchmarks/bench_mqtt.py --messages 20000 --skip-loss
+    .venv/bin/python benchmarks/bench_mqtt.py --oversize [--protocol 3.1.1] [--oversize-s 30]
 
 Throughput, three numbers (messages are synthetic frame results with RLE masks, QoS 1):
   write      ``MqttSink.write`` calls per second (JSON + RLE + one committed SQLite insert)
              while the broker is connected and the feeder sends concurrently;
   end-to-end from the first write to the last frame at the subscriber, same run;
   drain      a backlog queued while the broker was down, from its restart to the last PUBACK.
+Oversize (issue 11): a broker with ``max_packet_size 1000``; a producer at --rate frames/s of small
+  frames for --oversize-s seconds with one frame early (the 5th) too large even without masks.
+  Prints delivered/expected of the others and where the large one went (dead-letter file,
+  counter). Pass = every other frame arrives, in order.
 Loss checks (pass = every frame id arrives, first arrivals in order; duplicates are counted):
   outage     a producer at --rate frames/s; the broker is stopped for --outage-s seconds
              mid-run and restarted on the same port;
@@ -193,6 +198,52 @@ def sigkill_check(
     return out
 
 
+OVERSIZE_LIMIT = 1000
+OVERSIZE_AT = 5
+
+
+def oversize_check(work: Path, rate: float, seconds: float, protocol: str) -> dict[str, Any]:
+    count = int(rate * seconds)
+    with Mosquitto(work / f"broker-oversize-{protocol}") as broker:
+        broker.stop()
+        with open(broker.config_path, "a") as f:
+            f.write(f"max_packet_size {OVERSIZE_LIMIT}\n")
+        broker.start()
+        sub = Subscriber(broker.uri, TOPICS, client_id=f"bench-oversize-{protocol}")
+        config = MqttConfig(uri=broker.uri, device_id="bench-oversize", protocol=protocol, reconnect_min_s=1,
+                            reconnect_max_s=2, queue={"path": str(work / f"oversize-{protocol}.db")})
+        sink = MqttSink(config)
+        assert sink.wait_connected(10)
+        t0 = time.monotonic()
+        for i in range(count):
+            time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+            big = i == OVERSIZE_AT
+            sink.write(synthetic_result(i, size=RESULT_SIZE if big else (48, 64), instances=40 if big else 2))
+        others = set(range(count)) - {OVERSIZE_AT}
+        sub.wait_for_ids(others, 10)
+        elapsed = time.monotonic() - t0
+        counters = sink.counters()
+        dead = sink._queue.dead_letters.read()  # noqa: SLF001 - the benchmark inspects the file
+        sink.close()
+        ids = sub.frame_ids()
+        sub.close()
+    firsts = [i for i in first_occurrences(ids) if i != OVERSIZE_AT]
+    where = [{"frame_id": json.loads(e["payload"])["frame_id"], "reason": e["reason"]} for e in dead]
+    return {
+        "protocol": protocol,
+        "broker_max_packet_size": OVERSIZE_LIMIT,
+        "seconds": round(elapsed, 1),
+        "delivered": len(set(ids) & others),
+        "expected": len(others),
+        "in_order": firsts == sorted(firsts),
+        "oversize_delivered": OVERSIZE_AT in ids,
+        "oversize_went_to": str(config.dead_letter_path()) if where else None,
+        "dead_letters": where,
+        "counters": {k: getattr(counters, k) for k in ("refused", "oversize", "poisoned", "dead_lettered",
+                                                        "degraded", "max_packet_size", "acked", "sent")},
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=5000, help="messages for the throughput runs")
@@ -201,11 +252,28 @@ def main() -> int:
     parser.add_argument("--outage-s", type=float, default=10.0, help="broker outage of the loss check")
     parser.add_argument("--skip-loss", action="store_true", help="throughput only")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--oversize", action="store_true", help="only the oversize-message check (issue 11)")
+    parser.add_argument("--oversize-s", type=float, default=30.0, help="duration of the oversize check")
+    parser.add_argument("--protocol", choices=["5", "3.1.1", "both"], default="both",
+                        help="MQTT version of the oversize check")
     args = parser.parse_args()
     if MOSQUITTO is None:
         print(f"bench_mqtt: {MISSING_REASON}", file=sys.stderr)
         return 2
     report: dict[str, Any] = {}
+    if args.oversize:
+        with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp:
+            protocols = ["5", "3.1.1"] if args.protocol == "both" else [args.protocol]
+            runs = [oversize_check(Path(tmp), args.rate, args.oversize_s, p) for p in protocols]
+        ok = all(r["delivered"] == r["expected"] and r["in_order"] for r in runs)
+        for r in runs:
+            print(json.dumps(r) if args.json else
+                  f"oversize, MQTT {r['protocol']}, broker max_packet_size {r['broker_max_packet_size']}: "
+                  f"delivered {r['delivered']}/{r['expected']} others in {r['seconds']} s (in order: "
+                  f"{r['in_order']}); the oversize frame: delivered={r['oversize_delivered']}, went to "
+                  f"{r['oversize_went_to']} {r['dead_letters']}; counters {r['counters']}")
+        print("PASS" if ok else "FAIL")
+        return 0 if ok else 1
     with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp:
         work = Path(tmp)
         report["throughput"] = throughput(work, args.messages, args.instances)

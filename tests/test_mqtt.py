@@ -241,10 +241,11 @@ def test_sink_counts_degraded_and_refused_frames(tmp_path: Path) -> None:
         sink.write(big)  # masks dropped to fit
         sink.write(synthetic_result(2))  # small: as configured
         huge = synthetic_result(3, size=(480, 640), instances=400)
-        with pytest.raises(SinkError, match="even without masks"):
-            sink.write(huge)
+        sink.write(huge)  # too large even without masks: set aside, not raised, not queued
         c = sink.counters()
-        assert (c.degraded, c.refused, c.queued) == (1, 1, 2)
+        assert (c.degraded, c.refused, c.queued, c.dead_lettered) == (1, 1, 2, 1)
+        (entry,) = sink._queue.dead_letters.read()
+        assert "even without masks" in entry["reason"] and json.loads(entry["payload"])["frame_id"] == 3
     finally:
         sink.close()
 

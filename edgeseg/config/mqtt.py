@@ -51,6 +51,10 @@ TOPIC_PREFIX_PATTERN: Final = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 FALLBACK_DEVICE_ID: Final = "edgeseg"
 MQTT_MAX_PAYLOAD: Final = 268_435_455
 """The largest payload the MQTT protocol can carry (its remaining-length limit)."""
+PROTOCOLS: Final = {"5": 5, "3.1.1": 4}
+"""``mqtt.protocol`` to paho's protocol constant (``MQTTv5`` = 5, ``MQTTv311`` = 4)."""
+DEFAULT_POISON_DISCONNECTS: Final = 3
+DEFAULT_DEAD_LETTER_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_MAX_PAYLOAD: Final = 131_072
 """128 KiB: what AWS IoT Core accepts, and room for a hundred RLE masks of a 1080p frame."""
 QUEUE_FILE_PREFIX: Final = "mqtt-queue"
@@ -144,6 +148,11 @@ class QueueConfig(_Strict):
         description="normal: a queued message survives a killed process, not a power cut (fast); "
         "full: fsync per message, survives power loss too (slow on eMMC/SD)",
     )
+    dead_letter_max_bytes: int = Field(
+        DEFAULT_DEAD_LETTER_BYTES, ge=64 * 1024, le=1024 * 1024 * 1024,
+        description="messages the broker cannot take go to <queue file>.dead-letter.jsonl; at this size it "
+        "is rotated to .1 (so at most about twice this on disk)",
+    )
 
 
 class MqttConfig(_Strict):
@@ -164,6 +173,15 @@ class MqttConfig(_Strict):
         None, min_length=1, description="file whose first line is the broker password (keep it mode 0600)"
     )
     tls: Optional[TlsConfig] = Field(None, description="TLS files and checks; needs an mqtts:// uri")
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5", description="MQTT version; 5 lets the broker announce its maximum packet size in CONNACK, so "
+        "oversized messages are never sent (3.1.1 brokers only disconnect; see poison_disconnects)",
+    )
+    poison_disconnects: int = Field(
+        DEFAULT_POISON_DISCONNECTS, ge=1, le=100,
+        description="a message in flight (sent one at a time) at this many disconnects in a row is set aside "
+        "in the dead-letter file, so one message the broker refuses never blocks the rest",
+    )
     qos: int = Field(1, ge=0, le=2, description="QoS of detections; 1 = at least once (the queue's guarantee)")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive; a silent broker is noticed after 1.5x")
     reconnect_min_s: int = Field(1, ge=1, le=60, description="first reconnect delay; doubles per failure")
@@ -175,7 +193,8 @@ class MqttConfig(_Strict):
     mask_format: Literal["rle", "polygon", "none"] = Field("rle", description="mask encoding in detection payloads")
     max_payload_bytes: int = Field(
         DEFAULT_MAX_PAYLOAD, ge=1024, le=MQTT_MAX_PAYLOAD,
-        description="a larger payload has its masks degraded (rle -> polygon -> none); still larger: refused",
+        description="a larger payload has its masks degraded (rle -> polygon -> none); still larger: set aside "
+        "in the dead-letter file. A smaller maximum packet size announced by the broker lowers it",
     )
     drain_timeout_s: float = Field(
         5.0, ge=0.0, le=60.0, description="on close, wait this long for the queue to empty (the rest stays on disk)"
@@ -240,6 +259,11 @@ class MqttConfig(_Strict):
         state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
         folder = Path(state) if state else Path.home() / ".local" / "state" / "edgeseg"
         return folder / f"{QUEUE_FILE_PREFIX}-{self.device_id}.db"
+
+    def dead_letter_path(self) -> Path:
+        """Where messages that cannot be sent are set aside: next to the queue file."""
+        queue = self.queue_path()
+        return queue.with_name(f"{queue.name}.dead-letter.jsonl")
 
 
 def parse_mqtt_config(raw: Any, origin: str = "mqtt") -> MqttConfig:

@@ -1,13 +1,17 @@
-"""Outputs of the pipeline, picked by a ``KIND:PATH`` spec (``jsonl:out/results.jsonl``).
+"""Outputs of the pipeline, picked by a ``KIND:PATH`` spec (``jsonl:out/results.jsonl``), or by
+a URI whose scheme a kind claims (``mqtt://broker:1883`` is ``mqtt:mqtt://broker:1883``).
 
-A small registry maps each kind to a factory and a usage line; the usage lines feed the CLI
-help, and other packages (MQTT, the dashboard) add their kinds with :func:`register_sink`.
+A small registry maps each kind to a factory, a usage line and its URI schemes; it is the one
+list of sink kinds: the usage lines feed the CLI help (:func:`describe_sinks`), and other
+packages (MQTT, the dashboard) add their kinds with :func:`register_sink`. Errors quote the
+spec with any password masked (``edgeseg.sources.uri.mask_credentials``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Tuple
 
 from edgeseg.errors import SinkError
 from edgeseg.sinks.base import MaskFormat, Sink, SinkOptions
@@ -15,20 +19,24 @@ from edgeseg.sinks.coco import CocoResultsSink
 from edgeseg.sinks.images import ImageDirSink
 from edgeseg.sinks.jsonl import JsonlSink
 from edgeseg.sinks.video import VideoSink, is_video_path
+from edgeseg.sources.uri import mask_credentials
 
 SinkFactory = Callable[[str, SinkOptions], Sink]
 """Builds a sink from the PATH part of a spec and the shared options."""
 
 SPEC_SEPARATOR = ":"
 DEFAULT_OPTIONS = SinkOptions()
+_URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 @dataclass(frozen=True)
 class SinkKind:
-    """One registered kind: how to build it and a usage line for help texts."""
+    """One registered kind: how to build it, a usage line for help texts, and the URI schemes
+    whose URIs are sink specs of this kind as they stand (the factory gets the whole URI)."""
 
     factory: SinkFactory
     usage: str
+    schemes: Tuple[str, ...] = ()
 
 
 def _video_or_images(path: str, options: SinkOptions) -> Sink:
@@ -56,11 +64,12 @@ _KINDS: dict[str, SinkKind] = {
 }
 
 
-def register_sink(kind: str, factory: SinkFactory, usage: str) -> None:
-    """Add a sink kind (or replace one) so that ``create_sink("KIND:...")`` builds it."""
+def register_sink(kind: str, factory: SinkFactory, usage: str, schemes: Tuple[str, ...] = ()) -> None:
+    """Add a sink kind (or replace one) so that ``create_sink("KIND:...")`` builds it, and
+    ``create_sink("SCHEME://...")`` for each of ``schemes``."""
     if not kind or SPEC_SEPARATOR in kind:
         raise ValueError(f"sink kind must be a non-empty name without {SPEC_SEPARATOR!r}, got {kind!r}")
-    _KINDS[kind] = SinkKind(factory, usage)
+    _KINDS[kind] = SinkKind(factory, usage, tuple(s.lower() for s in schemes))
 
 
 def _mqtt_sink(uri: str, options: SinkOptions) -> Sink:
@@ -69,7 +78,11 @@ def _mqtt_sink(uri: str, options: SinkOptions) -> Sink:
     return mqtt_sink_from_spec(uri, options)
 
 
-register_sink("mqtt", _mqtt_sink, "mqtt:URI        frame results to broker mqtt[s]://HOST[:PORT], queued on disk")
+register_sink(
+    "mqtt", _mqtt_sink,
+    "mqtt[s]://HOST[:PORT] (or mqtt:URI)  frame results to an MQTT broker, queued on disk",
+    schemes=("mqtt", "mqtts"),
+)
 
 
 def sink_kinds() -> list[str]:
@@ -82,17 +95,37 @@ def sink_usage() -> list[str]:
     return [_KINDS[kind].usage for kind in sink_kinds()]
 
 
-def create_sink(spec: str, options: SinkOptions = DEFAULT_OPTIONS) -> Sink:
-    """Build the sink that ``spec`` (``KIND:PATH``) names.
+def describe_sinks(indent: str = "  ") -> str:
+    """The ``--sink`` help: every registered kind's usage line, one per line."""
+    return "\n".join(indent + line for line in sink_usage())
 
-    Raises ``SinkError`` for an unknown kind, a missing path, or a path that cannot be written.
+
+def _kind_of_uri(spec: str) -> str | None:
+    """The kind claiming ``spec``'s URI scheme, when ``spec`` is such a URI."""
+    match = _URI_SCHEME.match(spec.strip())
+    if match is None:
+        return None
+    scheme = match.group(1).lower()
+    return next((kind for kind in sink_kinds() if scheme in _KINDS[kind].schemes), None)
+
+
+def create_sink(spec: str, options: SinkOptions = DEFAULT_OPTIONS) -> Sink:
+    """Build the sink that ``spec`` (``KIND:PATH``, or a URI of a registered scheme) names.
+
+    Raises ``SinkError`` (one line, credentials masked) for an unknown kind, a missing path, or
+    a path that cannot be written.
     """
+    by_uri = _kind_of_uri(spec)
+    if by_uri is not None:
+        return _KINDS[by_uri].factory(spec.strip(), options)
     kind, separator, path = spec.partition(SPEC_SEPARATOR)
     valid = ", ".join(sink_kinds())
+    shown = mask_credentials(spec)
     if not separator or not path.strip():
-        raise SinkError(f"sink spec {spec!r} must be KIND:PATH with KIND one of {valid}")
+        raise SinkError(f"sink spec {shown!r} must be KIND:PATH with KIND one of {valid}, or a URI "
+                        f"({', '.join(s + '://' for k in sink_kinds() for s in _KINDS[k].schemes)})")
     if kind not in _KINDS:
-        raise SinkError(f"sink spec {spec!r} has unknown kind {kind!r}; valid kinds: {valid}")
+        raise SinkError(f"sink spec {shown!r} has unknown kind {mask_credentials(kind)!r}; valid kinds: {valid}")
     return _KINDS[kind].factory(path, options)
 
 
@@ -107,6 +140,7 @@ __all__ = [
     "SinkOptions",
     "VideoSink",
     "create_sink",
+    "describe_sinks",
     "is_video_path",
     "register_sink",
     "sink_kinds",

@@ -26,9 +26,23 @@ connect paho's own copies of unacknowledged messages are dropped (``drop_out_mes
 the queue re-sends them, so there is one source of truth and the order on the wire is the
 queue's order.
 
-Payload size: a payload over ``max_payload_bytes`` has its masks degraded, rle -> polygon ->
-none (the first that fits; counted in ``degraded``); if even a mask-less payload is too large
-the frame is refused with a ``SinkError`` (counted in ``refused``, and by the pipeline).
+Size: the broker's limit is on the whole PUBLISH packet (fixed header + topic + packet id +
+properties + payload), so sizes here are packet sizes (``publish_packet_size``). The limit is
+the broker's MQTT 5 CONNACK Maximum Packet Size where it gives one (``protocol: "5"``, the
+default) and ``max_payload_bytes`` for the payload. At ``write`` a payload over the limit has
+its masks degraded, rle -> polygon -> none (the first that fits; counted in ``degraded``); if
+even a mask-less payload is too large the frame is set aside in the dead-letter file (counted
+in ``refused``; nothing is raised: the frame is kept, and the pipeline goes on). A message
+queued before the limit was known is degraded or set aside when its turn comes
+(``oversize``). Nothing larger than the broker's limit is ever sent: a broker disconnects a
+client that sends one, and the same message would be first again after every reconnect.
+
+Poison messages: a broker that does not announce its limit (MQTT 3.1.1) just disconnects. When a
+connection drops with messages in flight that were sent moments before, the feeder sends one
+message at a time until those messages are through; a message that is alone in flight at
+``poison_disconnects`` disconnects in a row (counting the first) is set aside (``poisoned``), so
+the queue always moves. Each cause is logged once; the dead-letter file
+(``<queue>.dead-letter.jsonl``) keeps every message set aside, with its reason.
 """
 
 from __future__ import annotations
@@ -44,17 +58,18 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Dict, Final, NamedTuple, Optional, Set
 
 import numpy as np
 from pydantic import ValidationError
 
 from edgeseg.config.errors import pydantic_message
-from edgeseg.config.mqtt import BrokerAddress, MqttConfig
+from edgeseg.config.mqtt import MQTT_MAX_PAYLOAD, PROTOCOLS, BrokerAddress, MqttConfig
 from edgeseg.errors import SinkError
 from edgeseg.sinks.base import MaskFormat, Sink, SinkOptions
-from edgeseg.sinks.disk_queue import DiskQueue
+from edgeseg.sinks.disk_queue import DiskQueue, QueuedMessage
 from edgeseg.sinks.serialize import frame_result_to_dict
+from edgeseg.sources.uri import mask_credentials
 from edgeseg.structures import FrameResult
 
 try:
@@ -86,6 +101,13 @@ _ACCEPTED: Final = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
 _BAD_CREDENTIALS: Final = (134, 135)
 """MQTT 5 reason codes (MQTT 3.1.1 return codes 4 and 5 map to them): bad user name or password,
 not authorised."""
+MQTT_MAX_PACKET: Final = 1 + 4 + MQTT_MAX_PAYLOAD
+"""The largest packet MQTT can frame: fixed header byte, 4-byte remaining length, remaining length."""
+POISON_WINDOW_S: Final = 10.0
+"""A disconnect this long after a message was sent is not blamed on the message (a flaky link
+or a broker restart is not a poison message; a broker refusing a packet drops the client at once)."""
+_PACKET_TOO_LARGE: Final = 149
+"""MQTT 5 reason code 0x95, Packet too large."""
 _DEGRADE: Final[dict[str, tuple[MaskFormat, ...]]] = {
     "rle": ("rle", "polygon", "none"),
     "polygon": ("polygon", "none"),
@@ -103,10 +125,13 @@ class Payload(NamedTuple):
     mask_format: MaskFormat
 
 
-def encode_frame_result(result: FrameResult, mask_format: MaskFormat, max_bytes: int) -> Payload:
+def encode_frame_result(
+    result: FrameResult, mask_format: MaskFormat, max_bytes: int, limit_name: str = "mqtt.max_payload_bytes"
+) -> Payload:
     """The frame result as compact JSON of at most ``max_bytes``, masks degraded as needed.
 
-    Raises ``SinkError`` when even the mask-less form is larger than ``max_bytes``.
+    Raises ``SinkError`` when even the mask-less form is larger than ``max_bytes`` (the message
+    names the limit as ``limit_name``).
     """
     size = 0
     for fmt in _DEGRADE[mask_format]:
@@ -116,8 +141,39 @@ def encode_frame_result(result: FrameResult, mask_format: MaskFormat, max_bytes:
         size = len(data)
     raise SinkError(
         f"mqtt: frame {result.frame.frame_id} is {size} bytes even without masks, over "
-        f"mqtt.max_payload_bytes={max_bytes}; not sent (fewer instances, or a larger limit)"
+        f"{limit_name}={max_bytes}; not sent (fewer instances, or a larger limit)"
     )
+
+
+def _varint_len(value: int) -> int:
+    """Bytes of MQTT's variable-length "remaining length" encoding of ``value``."""
+    return 1 if value < 128 else 2 if value < 16_384 else 3 if value < 2_097_152 else 4
+
+
+def publish_packet_size(topic: str, payload_len: int, qos: int, v5: bool) -> int:
+    """Bytes on the wire of a PUBLISH without properties: what a broker's maximum packet size limits.
+
+    Fixed header (1 byte + remaining length), topic (2-byte length + UTF-8), packet id (QoS > 0),
+    properties length (MQTT 5: one byte, 0), payload.
+    """
+    remaining = 2 + len(topic.encode("utf-8")) + (2 if qos > 0 else 0) + (1 if v5 else 0) + payload_len
+    return 1 + _varint_len(remaining) + remaining
+
+
+def strip_masks(payload: bytes) -> bytes | None:
+    """A queued frame-result payload with every mask left out (``mask: null``, as mask_format none);
+    None when the payload is not a frame result."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return None
+    instances = doc.get("instances") if isinstance(doc, dict) else None
+    if not isinstance(instances, list):
+        return None
+    for instance in instances:
+        if isinstance(instance, dict):
+            instance["mask"] = None
+    return json.dumps(doc, separators=JSON_SEPARATORS).encode("utf-8")
 
 
 def _json_default(value: object) -> object:
@@ -190,12 +246,15 @@ class MqttPublisher:
         self._state_lock = threading.Lock()
         self._connected = threading.Event()
         self._stopping = False
-        client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-        )
+        self.v5 = PROTOCOLS[config.protocol] == mqtt.MQTTv5
+        self.max_packet_size: int | None = None
+        """The broker's Maximum Packet Size from its last CONNACK (MQTT 5); None: not announced."""
+        if self.v5:  # clean_start is given to connect_async; paho refuses clean_session with MQTT 5
+            client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                                 client_id=self.client_id, protocol=mqtt.MQTTv5)
+        else:
+            client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                                 client_id=self.client_id, clean_session=True, protocol=mqtt.MQTTv311)
         if config.username is not None:
             client.username_pw_set(config.username, password)
         if self.broker.tls:
@@ -235,11 +294,29 @@ class MqttPublisher:
 
     def start(self) -> None:
         """Connect in the background; paho retries with backoff until ``stop``."""
-        self._client.connect_async(self.broker.host, self.broker.port, keepalive=self._keepalive)
+        if self.v5:
+            self._client.connect_async(self.broker.host, self.broker.port, keepalive=self._keepalive,
+                                       clean_start=True)
+        else:
+            self._client.connect_async(self.broker.host, self.broker.port, keepalive=self._keepalive)
         self._client.loop_start()
 
+    @property
+    def packet_limit(self) -> int:
+        """The largest PUBLISH packet the broker takes: its announced limit, else MQTT's own."""
+        return self.max_packet_size if self.max_packet_size is not None else MQTT_MAX_PACKET
+
+    def packet_size(self, topic: str, payload_len: int, qos: int) -> int:
+        return publish_packet_size(topic, payload_len, qos, self.v5)
+
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int | None:
-        """Hand one message to paho; its mid, or None when paho did not take it."""
+        """Hand one message to paho; its mid, or None when paho did not take it.
+
+        A message over the broker's limit is never handed over: the broker would drop the
+        connection (and with it everything in flight) instead of refusing just that message.
+        """
+        if self.packet_size(topic, len(payload), qos) > self.packet_limit:
+            return None
         try:
             info = self._client.publish(topic, payload, qos=qos, retain=retain)
         except ValueError as exc:  # an invalid topic or an oversized payload
@@ -282,6 +359,12 @@ class MqttPublisher:
                 self.broker, reason, hint, self._backoff,
             )
             return
+        limit = getattr(_properties, "MaximumPacketSize", None) if _properties is not None else None
+        limit = int(limit) if isinstance(limit, int) and limit > 0 else None
+        if limit != self.max_packet_size and limit is not None:
+            log.info("mqtt: broker %s takes packets of at most %d bytes; larger detections are degraded or "
+                     "set aside", self.broker, limit)
+        self.max_packet_size = limit
         drop_out_messages(client)  # the disk queue re-sends them, in order
         client.publish(self.available_topic, ONLINE, qos=AVAILABILITY_QOS, retain=True)
         self._connected.set()
@@ -309,10 +392,11 @@ class MqttPublisher:
         if self._stopping:
             self._set_state(ConnectionState.DISCONNECTED, logging.INFO, "mqtt: disconnected from %s", self.broker)
         elif was_connected:
+            too_large = getattr(reason, "value", None) == _PACKET_TOO_LARGE
             self._set_state(
                 ConnectionState.DISCONNECTED, logging.WARNING,
-                "mqtt: lost the connection to %s (%s); reconnecting every %s, detections are queued on disk",
-                self.broker, reason, self._backoff,
+                "mqtt: lost the connection to %s (%s%s); reconnecting every %s, detections are queued on disk",
+                self.broker, reason, ": a packet over its maximum packet size" if too_large else "", self._backoff,
             )
         elif self._state is not ConnectionState.REFUSED:  # closed before CONNACK: TLS or protocol trouble
             self._set_state(
@@ -342,8 +426,14 @@ class MqttCounters:
         dropped: messages discarded by the full-queue policy.
         queue_depth: messages on disk now (waiting and in flight).
         inflight: messages sent and not yet acknowledged.
-        degraded: frames whose masks were degraded to fit ``max_payload_bytes``.
-        refused: frames too large even without masks (not sent).
+        degraded: frames whose masks were degraded to fit ``max_payload_bytes`` or the broker's limit.
+        refused: frames too large even without masks at ``write``: set aside, never queued.
+        oversize: queued messages over the broker's limit found when their turn came: set aside.
+        poisoned: messages set aside by the disconnect rule (``poison_disconnects``).
+        dead_lettered: messages in the dead-letter file since start (refused + oversize + poisoned).
+        max_packet_size: the broker's announced maximum packet size; None when not announced.
+        quarantined: damaged queue files set aside since start (see ``DiskQueue``).
+        salvaged: records recovered from them into the new queue.
         stats_published: ``publish_stats`` calls that went out.
         oldest_queued_s: age of the oldest stored message; None when the queue is empty.
     """
@@ -358,6 +448,12 @@ class MqttCounters:
     inflight: int
     degraded: int
     refused: int
+    oversize: int
+    poisoned: int
+    dead_lettered: int
+    max_packet_size: int | None
+    quarantined: int
+    salvaged: int
     stats_published: int
     oldest_queued_s: float | None
 
@@ -388,7 +484,8 @@ class MqttSink(Sink):
         password = _password(config)
         _check_tls_files(config)
         self._queue = DiskQueue(
-            config.queue_path(), config.queue.max_messages, config.queue.policy, config.queue.synchronous
+            config.queue_path(), config.queue.max_messages, config.queue.policy, config.queue.synchronous,
+            dead_letter_path=config.dead_letter_path(), dead_letter_max_bytes=config.queue.dead_letter_max_bytes,
         )
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         try:
@@ -399,6 +496,11 @@ class MqttSink(Sink):
         self._closed = False
         self._full = False
         self._sent = self._degraded = self._refused = self._stats_published = 0
+        self._oversize = self._poisoned = 0
+        self._said: Set[str] = set()  # causes already logged once
+        self._sent_at: Dict[int, float] = {}  # row id -> monotonic time of its last publish
+        self._strikes: Dict[int, int] = {}  # row id -> disconnects it was in flight at, in careful mode
+        self._careful_until: Optional[int] = None  # one message at a time until this row id is through
         self._feeder_errors: set[str] = set()
         self._feeder = threading.Thread(target=self._feed, name="edgeseg-mqtt-feeder", daemon=True)
         self._feeder.start()
@@ -412,17 +514,24 @@ class MqttSink(Sink):
         """Queue one frame result on disk; returns once it is committed, never waits on the network."""
         if self._closed:
             raise SinkError(f"mqtt sink for {self.broker} is closed")
+        limit = self._payload_limit()
+        name = "mqtt.max_payload_bytes" if limit == self.config.max_payload_bytes else (
+            f"the payload room (broker {self.broker}'s maximum packet size {self._publisher.packet_limit} "
+            f"less topic and headers)")
         try:
-            payload = encode_frame_result(result, self.mask_format, self.config.max_payload_bytes)
-        except SinkError:
+            payload = encode_frame_result(result, self.mask_format, limit, name)
+        except SinkError as exc:
             self._refused += 1
-            raise
+            data = encode_frame_result(result, "none", MQTT_MAX_PAYLOAD).data
+            self._set_aside_unqueued(data, f"refused at write: {exc}")
+            self._say_once("refused", logging.ERROR, "%s; set aside in %s (further ones are counted as refused)",
+                           exc, self._queue.dead_letters.path)
+            return
         if payload.mask_format != self.mask_format:
             self._degraded += 1
-            if self._degraded == 1:
-                log.warning("mqtt: frame %d over mqtt.max_payload_bytes=%d with %s masks: sent with %s "
-                            "(further degradations are counted)", result.frame.frame_id,
-                            self.config.max_payload_bytes, self.mask_format, payload.mask_format)
+            self._say_once("degraded", logging.WARNING,
+                           "mqtt: frame %d over %d bytes with %s masks: sent with %s (further degradations are "
+                           "counted)", result.frame.frame_id, limit, self.mask_format, payload.mask_format)
         self._queue.put(self.topic, payload.data)
         self._note_fullness()
         self._events.put(_WAKE)
@@ -470,6 +579,12 @@ class MqttSink(Sink):
             inflight=q.inflight,
             degraded=self._degraded,
             refused=self._refused,
+            oversize=self._oversize,
+            poisoned=self._poisoned,
+            dead_lettered=q.dead_lettered,
+            max_packet_size=self._publisher.max_packet_size,
+            quarantined=q.quarantined,
+            salvaged=q.salvaged,
             stats_published=self._stats_published,
             oldest_queued_s=None if oldest is None else round(oldest, 1),
         )
@@ -509,6 +624,23 @@ class MqttSink(Sink):
         return True
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _payload_limit(self) -> int:
+        """Most payload bytes a detection may have: ``max_payload_bytes``, and what fits the broker's packets."""
+        overhead = self._publisher.packet_size(self.topic, 0, self.config.qos)
+        return max(1, min(self.config.max_payload_bytes, self._publisher.packet_limit - overhead))
+
+    def _say_once(self, cause: str, level: int, message: str, *args: object) -> None:
+        if cause not in self._said:
+            self._said.add(cause)
+            log.log(level, message, *args)
+
+    def _set_aside_unqueued(self, payload: bytes, reason: str) -> None:
+        try:
+            self._queue.dead_letters.add(self.topic, payload, reason, time.time())
+        except OSError as exc:
+            log.error("mqtt: cannot write the dead-letter file %s (%s); frame discarded (%s)",
+                      self._queue.dead_letters.path, exc, reason)
 
     def _note_fullness(self) -> None:
         full = self._queue.depth >= self._queue.max_messages
@@ -553,7 +685,10 @@ class MqttSink(Sink):
             elif event.kind in (_Kind.UP, _Kind.DOWN):
                 self._queue.ack(acks)  # acks that came before the change still count
                 acks = []
+                if event.kind is _Kind.DOWN:
+                    self._blame_inflight()
                 self._queue.requeue_inflight()
+                self._sent_at.clear()
                 connected = event.kind is _Kind.UP
             elif event.kind is _Kind.STOP:
                 self._queue.ack(acks)
@@ -561,18 +696,86 @@ class MqttSink(Sink):
         self._queue.ack(acks)
         return connected, False
 
+    def _blame_inflight(self) -> None:
+        """The poison rule, on a lost connection: strike what was just sent; set aside a lone repeat offender.
+
+        With several messages in flight the culprit is unknown, so the feeder goes careful: one
+        message at a time until every one of them is through. Then the message in flight at a
+        disconnect is the one the broker dropped us for; at ``poison_disconnects`` strikes in a
+        row it goes to the dead-letter file and the queue moves on.
+        """
+        now = time.monotonic()
+        rows = self._queue.inflight_rows()
+        recent = [r for r in rows if now - self._sent_at.get(r, -POISON_WINDOW_S) < POISON_WINDOW_S]
+        if not recent:
+            return
+        for row in recent:
+            self._strikes[row] = self._strikes.get(row, 0) + 1
+        if len(rows) == 1 and self._strikes[rows[0]] >= self.config.poison_disconnects:
+            row = rows[0]
+            strikes = self._strikes.pop(row)
+            reason = (f"in flight at {strikes} disconnects in a row from broker {self.broker}: the broker "
+                      f"refuses it (too large for it, or a topic it forbids)")
+            if self._queue.dead_letter([row], reason):
+                self._poisoned += 1
+                self._say_once("poisoned", logging.ERROR,
+                               "mqtt: queued message #%d was %s; set aside in %s (further ones are counted as "
+                               "poisoned)",
+                               row, reason, self._queue.dead_letters.path)
+            return
+        if self._careful_until is None:
+            log.info("mqtt: connection to %s dropped with %d messages just sent; sending one at a time until they "
+                     "are through", self.broker, len(recent))
+        self._careful_until = max(max(rows), self._careful_until or 0)
+
     def _top_up(self) -> None:
-        room = self.config.max_inflight - self._queue.inflight
+        window = self.config.max_inflight
+        if self._careful_until is not None:
+            oldest = self._queue.oldest_id()
+            if oldest is None or oldest > self._careful_until:
+                self._careful_until = None  # every suspect is through: full speed again
+                self._strikes.clear()
+            else:
+                window = 1
+        room = window - self._queue.inflight
         sent: list[tuple[int, int]] = []
         try:
             for message in self._queue.peek(room):
-                mid = self._publisher.publish(message.topic, message.payload, self.config.qos)
+                payload = self._fit(message)
+                if payload is None:
+                    continue
+                mid = self._publisher.publish(message.topic, payload, self.config.qos)
                 if mid is None:
                     break
                 sent.append((message.id, mid))
+                self._sent_at[message.id] = time.monotonic()
         finally:
             self._queue.mark_inflight(sent)
             self._sent += len(sent)
+
+    def _fit(self, message: QueuedMessage) -> bytes | None:
+        """The payload to send for a queued message: as stored, mask-less if only that fits the
+        broker, or None (set aside) when nothing does."""
+        limit = self._publisher.packet_limit
+        qos = self.config.qos
+        size = self._publisher.packet_size(message.topic, len(message.payload), qos)
+        if size <= limit:
+            return message.payload
+        smaller = strip_masks(message.payload)
+        if smaller is not None and self._publisher.packet_size(message.topic, len(smaller), qos) <= limit:
+            self._degraded += 1
+            self._say_once("degraded-queued", logging.WARNING,
+                           "mqtt: a queued message of %d bytes is over the broker's maximum packet size %d: sent "
+                           "without masks (further ones are counted as degraded)", size, limit)
+            return smaller
+        reason = f"packet of {size} bytes, over the maximum packet size {limit} of broker {self.broker}"
+        if self._queue.dead_letter([message.id], reason):
+            self._oversize += 1
+            self._say_once("oversize", logging.ERROR,
+                           "mqtt: queued message #%d is a %s; set aside in %s (further ones are counted as "
+                           "oversize)",
+                           message.id, reason, self._queue.dead_letters.path)
+        return None
 
 
 def _password(config: MqttConfig) -> str | None:
@@ -602,10 +805,11 @@ def _check_tls_files(config: MqttConfig) -> None:
 
 
 def mqtt_sink_from_spec(uri: str, options: SinkOptions) -> MqttSink:
-    """The ``mqtt:URI`` sink spec: the broker URI with every other setting at its default."""
+    """The ``mqtt:URI`` (or bare ``mqtt[s]://...``) sink spec: the broker URI, every other setting
+    at its default. Errors quote the URI with its password masked."""
     try:
         config = MqttConfig(uri=uri, mask_format=options.mask_format)
     except ValidationError as exc:
-        reasons = "; ".join(pydantic_message(e["msg"]) for e in exc.errors())
-        raise SinkError(f"sink spec 'mqtt:{uri}': {reasons}") from None
+        reasons = "; ".join(mask_credentials(pydantic_message(e["msg"])) for e in exc.errors())
+        raise SinkError(f"sink spec {mask_credentials(uri)!r}: {reasons}") from None
     return MqttSink(config)
