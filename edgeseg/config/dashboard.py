@@ -32,6 +32,11 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8080
 TOKEN_MIN_LENGTH: Final = 16
 """A token shorter than this is refused: 16 random characters are out of reach of guessing."""
+TOKEN_MAX_LENGTH: Final = 512
+"""A token longer than this is refused (and so is a longer ``?token=``, unread)."""
+STREAM_FPS_MIN: Final = 0.2
+"""Slowest stream pace, in the config and in ``?fps=``: one frame every 5 s at least."""
+STREAM_FPS_MAX: Final = 60.0
 LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -67,7 +72,9 @@ class DashboardConfig(_Strict):
     token_file: Optional[str] = Field(
         None, min_length=1, description="file whose first line is the access token (keep it mode 0600)"
     )
-    stream_fps: float = Field(10.0, gt=0.0, le=60.0, description="most frames per second sent to each viewer")
+    stream_fps: float = Field(
+        10.0, ge=STREAM_FPS_MIN, le=STREAM_FPS_MAX, description="most frames per second sent to each viewer"
+    )
     stream_max_width: int = Field(
         960, ge=0, le=8192, description="frames wider than this are scaled down before encoding; 0 = full size"
     )
@@ -85,6 +92,8 @@ class DashboardConfig(_Strict):
     def _token_length(cls, value: Optional[SecretStr]) -> Optional[SecretStr]:
         if value is not None and len(value.get_secret_value().strip()) < TOKEN_MIN_LENGTH:
             raise ValueError(f"must be at least {TOKEN_MIN_LENGTH} characters")
+        if value is not None and len(value.get_secret_value().strip()) > TOKEN_MAX_LENGTH:
+            raise ValueError(f"must be at most {TOKEN_MAX_LENGTH} characters")
         return value
 
     @field_validator("token_file")
@@ -117,10 +126,10 @@ class DashboardConfig(_Strict):
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"dashboard.token_file {path}: cannot read ({exc})") from None
         token = lines[0].strip() if lines else ""
-        if len(token) < TOKEN_MIN_LENGTH:
+        if not TOKEN_MIN_LENGTH <= len(token) <= TOKEN_MAX_LENGTH:
             raise ConfigError(
                 f"dashboard.token_file {path}: the first line must hold a token of at least "
-                f"{TOKEN_MIN_LENGTH} characters"
+                f"{TOKEN_MIN_LENGTH} and at most {TOKEN_MAX_LENGTH} characters"
             )
         return token
 

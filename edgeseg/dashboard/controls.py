@@ -13,6 +13,7 @@ dashboard shows it to the user as a 400 answer.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Optional, Protocol, runtime_checkable
@@ -26,6 +27,9 @@ RESOLUTION_MIN, RESOLUTION_MAX, RESOLUTION_STEP = 320, 1280, 32
 """Fixed input sizes accepted (as ``model.imgsz``): multiples of 32 from 320 to 1280."""
 SOURCE_MAX_LENGTH: Final = 2048
 CONTROL_KEYS: Final = ("conf_threshold", "nms", "resolution", "source", "paused")
+SHOWN_MAX_CHARS: Final = 40
+"""A refused value is quoted in the one-line reason up to this many characters."""
+_DIGITS = re.compile(r"[0-9]{1,5}")
 
 
 @runtime_checkable
@@ -86,11 +90,20 @@ class ControlRequest:
         return applied
 
 
+def shown(value: Any) -> str:
+    """``value`` as a refusal quotes it: ASCII (no lone surrogate reaches a log or a reply), one
+    line, cut to SHOWN_MAX_CHARS (a 16 KB list is not repeated back)."""
+    text = ascii(value)
+    return text if len(text) <= SHOWN_MAX_CHARS else text[:SHOWN_MAX_CHARS] + "..."
+
+
 def _conf(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"conf_threshold: expected a number in [{CONF_MIN}, {CONF_MAX}), got {value!r}")
-    if not CONF_MIN <= value < CONF_MAX:
-        raise ValueError(f"conf_threshold: expected a number in [{CONF_MIN}, {CONF_MAX}), got {value!r}")
+    expected = f"conf_threshold: expected a number in [{CONF_MIN}, {CONF_MAX}), got {shown(value)}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(expected)
+    # Compared before any conversion: float(10**400) overflows, the comparison does not.
+    if isinstance(value, float) and not math.isfinite(value) or not CONF_MIN <= value < CONF_MAX:
+        raise ValueError(expected)
     return float(value)
 
 
@@ -98,35 +111,51 @@ def _nms(value: Any) -> NmsMethod:
     for method in NMS_METHODS:
         if value == method:
             return method
-    raise ValueError(f"nms: expected one of {', '.join(NMS_METHODS)}, got {value!r}")
+    raise ValueError(f"nms: expected one of {', '.join(NMS_METHODS)}, got {shown(value)}")
 
 
 def _resolution(value: Any) -> int | str:
     expected = f"'auto' or a multiple of {RESOLUTION_STEP} from {RESOLUTION_MIN} to {RESOLUTION_MAX}"
     if value == "auto":
         return "auto"
-    if isinstance(value, str) and value.strip().isdigit():
+    given = value
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):  # ASCII only: "²".isdigit() is True
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"resolution: expected {expected}, got {value!r}")
+        raise ValueError(f"resolution: expected {expected}, got {shown(given)}")
     if not RESOLUTION_MIN <= value <= RESOLUTION_MAX or value % RESOLUTION_STEP:
-        raise ValueError(f"resolution: expected {expected}, got {value!r}")
+        raise ValueError(f"resolution: expected {expected}, got {shown(given)}")
     return value
 
 
-def _source(value: Any) -> str:
+def check_source(value: Any) -> str:
+    """A source URI as given to the dashboard, stripped; ``ValueError`` with one line otherwise.
+
+    Refused at the door, before anything tries to open it: not a string, empty, too long,
+    control characters (C0, DEL, C1), and text that is not valid Unicode: a lone surrogate such
+    as ``\\udce9`` (what Python makes of a byte that is not UTF-8) cannot be encoded for the
+    operating system, and OpenCV crashes the process on it.
+    """
     if not isinstance(value, str) or not value.strip():
         raise ValueError("source: expected a non-empty URI string")
     if len(value) > SOURCE_MAX_LENGTH:
         raise ValueError(f"source: longer than {SOURCE_MAX_LENGTH} characters")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
         raise ValueError("source: control characters are not allowed in a URI")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = ascii(value[exc.start])
+        raise ValueError(
+            f"source: expected valid Unicode text, found the lone surrogate {bad} at character {exc.start} "
+            "(a file name that is not UTF-8?)"
+        ) from None
     return value.strip()
 
 
 def _paused(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"paused: expected true or false, got {value!r}")
+        raise ValueError(f"paused: expected true or false, got {shown(value)}")
     return value
 
 
@@ -138,15 +167,15 @@ def parse_control(body: Any) -> ControlRequest:
     """
     if not isinstance(body, Mapping):
         raise ValueError(f"expected a JSON object of controls, got {type(body).__name__}")
-    unknown = [str(k) for k in body if k not in CONTROL_KEYS]
+    unknown = [k for k in body if k not in CONTROL_KEYS]
     if unknown:
-        raise ValueError(f"unknown control {unknown[0]!r}; expected any of {', '.join(CONTROL_KEYS)}")
+        raise ValueError(f"unknown control {shown(unknown[0])}; expected any of {', '.join(CONTROL_KEYS)}")
     if not body:
         raise ValueError(f"no control given; expected any of {', '.join(CONTROL_KEYS)}")
     return ControlRequest(
         conf_threshold=_conf(body["conf_threshold"]) if "conf_threshold" in body else None,
         nms=_nms(body["nms"]) if "nms" in body else None,
         resolution=_resolution(body["resolution"]) if "resolution" in body else None,
-        source=_source(body["source"]) if "source" in body else None,
+        source=check_source(body["source"]) if "source" in body else None,
         paused=_paused(body["paused"]) if "paused" in body else None,
     )

@@ -2,7 +2,8 @@
 
     GET  /              the page (HTML with its script and style inlined: one request, no CDN)
     GET  /stream.mjpg   multipart/x-mixed-replace JPEG stream of the newest frame (?view=input
-                        for the raw frames), each viewer at its own pace, at most stream_fps
+                        for the raw frames, ?fps= from STREAM_FPS_MIN up, capped at stream_fps),
+                        each viewer at its own pace
     GET  /events        Server-Sent Events: one ``stats`` event per 1/events_hz s
     GET  /api/state     the same payload as one event, as JSON
     POST /api/control   JSON {conf_threshold, nms, resolution, source, paused}; 400 + one line
@@ -11,14 +12,29 @@
 Python's ``http.server.ThreadingHTTPServer`` in a daemon thread: one thread per connection,
 nothing to install, and a stream or event connection costs one mostly sleeping thread. A viewer
 never blocks the pipeline: frames are taken from ``DashboardSink`` (newest only) and encoded in
-the viewer's own thread; a stalled viewer's socket times out after SOCKET_TIMEOUT_S.
+the viewer's own thread.
+
+A stream holds one of ``max_viewers`` slots, and gives it back as soon as its client is gone:
+every POLL_S the thread looks whether the client closed its end (a readable socket with nothing
+to read), something is written at least every STREAM_KEEPALIVE_S (the newest frame again when
+none is newer, at any fps), and a write that the client does not take within
+STREAM_SEND_TIMEOUT_S ends the stream (a small send buffer makes that come soon).
+
+Every input is bounded and refused with 400 and one line when outside: each route's query
+parameters (``QUERY_PARAMS``; unknown, repeated, non-numeric, nan, inf, negative or huge values),
+the request line (malformed lines and HTTP versions other than 1.0/1.1 get a clean 400, never a
+traceback), and the JSON body (MAX_BODY_BYTES, JSON_MAX_DEPTH, JSON_MAX_NUMBER_CHARS, no
+duplicate keys, no NaN). Nothing logged ever holds a token: query strings are left out of every
+logged request line, whatever the log level.
 
 Access: on a loopback address the dashboard is open to this machine (a token, when configured,
 is still required), and the Host header must name loopback, so a web page elsewhere cannot
 reach it by DNS rebinding. On any other address a token is mandatory: the server refuses to
 start without one. Clients send ``Authorization: Bearer <token>``; GET requests may carry
 ``?token=`` instead (``<img>`` and ``EventSource`` cannot set headers). Tokens are compared in
-constant time; a request without a valid one gets 401 and nothing else.
+constant time; a request without a valid one gets 401 and nothing else. Without a token, a
+request a browser marks as coming from another site (``Sec-Fetch-Site: cross-site`` or
+``same-site``, as for an ``<img>`` on a web page elsewhere) is refused with 403.
 """
 
 from __future__ import annotations
@@ -28,6 +44,8 @@ import json
 import logging
 import math
 import os
+import re
+import select
 import socket
 import socketserver
 import threading
@@ -41,9 +59,9 @@ from hashlib import sha256
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, Optional
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
-from edgeseg.config.dashboard import DashboardConfig, is_loopback
+from edgeseg.config.dashboard import STREAM_FPS_MAX, STREAM_FPS_MIN, TOKEN_MAX_LENGTH, DashboardConfig, is_loopback
 from edgeseg.dashboard.controls import Controls, parse_control
 from edgeseg.dashboard.feed import VIEWS, DashboardSink, View
 from edgeseg.dashboard.system import SystemMonitor, panel_from_telemetry
@@ -62,9 +80,28 @@ SystemFn = typing.Callable[[], typing.Mapping[str, Any]]
 BOUNDARY: Final = "edgesegframe"
 MAX_BODY_BYTES: Final = 16 * 1024
 SOCKET_TIMEOUT_S: Final = 30.0
-"""A viewer whose socket accepts nothing for this long is dropped."""
+"""A request (line, headers, body) that does not arrive within this long is dropped."""
+STREAM_SEND_TIMEOUT_S: Final = 10.0
+"""A stream or event viewer that takes nothing of a write for this long is dropped."""
+STREAM_SEND_BUFFER: Final = 64 * 1024
+"""Send buffer of a stream's socket: small, so that a client that stops reading blocks a write
+(and meets STREAM_SEND_TIMEOUT_S) after a few frames, not after megabytes."""
+STREAM_KEEPALIVE_S: Final = 5.0
+"""Longest time a stream goes without a write (the newest frame is sent again): a client that
+went away is noticed by the write at the latest, whatever the fps."""
 POLL_S: Final = 0.5
-"""How often waiting stream threads look at the stop flag."""
+"""How often waiting stream threads look at the stop flag and whether the client is gone."""
+JSON_MAX_DEPTH: Final = 8
+"""Deepest nesting of arrays/objects accepted in a body (a control body is one flat object)."""
+JSON_MAX_NUMBER_CHARS: Final = 32
+"""Longest number accepted in a body: Python 3.8 parses any length of digits (slowly), 3.11+
+refuses over 4300 with an error of its own; both become one 400 here."""
+QUERY_MAX_CHARS: Final = 2048
+QUERY_MAX_FIELDS: Final = 8
+QUERY_NUMBER = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6})?")
+"""A decimal number as a query value: no sign, exponent, nan or inf, at most 6+6 digits."""
+CROSS_SITE: Final = frozenset({"cross-site", "same-site"})
+MALFORMED_REQUEST_LINE: Final = "malformed request line: expected 'METHOD /path HTTP/1.1' (or HTTP/1.0)"
 ACCEPT_POLL_S: Final = 0.2
 """How often the accept loop looks at the stop flag (the longest ``stop`` waits for it)."""
 SSE_RETRY_MS: Final = 2000
@@ -151,6 +188,185 @@ def authorize(
     if any(matches):
         return None
     return Denied(HTTPStatus.UNAUTHORIZED, "a valid token is required (Authorization: Bearer, or ?token=)")
+
+
+# -- query parameters ------------------------------------------------------------------------
+
+
+class QueryError(ValueError):
+    """A query string or parameter outside its bounds; the message is the one-line 400 reason."""
+
+
+@dataclass(frozen=True)
+class QueryParam:
+    """One query parameter a route accepts: a choice, a bounded decimal number or bounded text."""
+
+    name: str
+    choices: typing.Tuple[str, ...] = ()
+    low: Optional[float] = None
+    high: Optional[float] = None
+    max_chars: int = 0
+
+    def parse(self, raw: str) -> Any:
+        if self.choices:
+            if raw not in self.choices:
+                raise QueryError(f"{self.name}: expected one of {', '.join(self.choices)}, got {_shown(raw)}")
+            return raw
+        if self.low is not None and self.high is not None:
+            expected = f"a decimal number from {self.low:g} to {self.high:g}"
+            if QUERY_NUMBER.fullmatch(raw) is None:
+                raise QueryError(f"{self.name}: expected {expected}, got {_shown(raw)}")
+            value = float(raw)
+            if not self.low <= value <= self.high:
+                raise QueryError(f"{self.name}: expected {expected}, got {_shown(raw)}")
+            return value
+        if len(raw) > self.max_chars:
+            raise QueryError(f"{self.name}: expected at most {self.max_chars} characters, got {len(raw)}")
+        return raw
+
+
+TOKEN_PARAM: Final = QueryParam("token", max_chars=TOKEN_MAX_LENGTH)
+QUERY_PARAMS: Final[typing.Mapping[str, typing.Tuple[QueryParam, ...]]] = {
+    "/": (TOKEN_PARAM,),
+    "/index.html": (TOKEN_PARAM,),
+    "/stream.mjpg": (TOKEN_PARAM, QueryParam("view", choices=VIEWS),
+                     QueryParam("fps", low=STREAM_FPS_MIN, high=STREAM_FPS_MAX)),
+    "/events": (TOKEN_PARAM,),
+    "/api/state": (TOKEN_PARAM,),
+    "/api/control": (TOKEN_PARAM,),  # refused by authorize() on POST, but bounded all the same
+    "/metrics": (TOKEN_PARAM,),
+}
+"""Every query parameter of every route; anything else is refused."""
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """``value`` as it may appear in a one-line reason: quoted, escaped, cut to ``limit``."""
+    text = ascii(value[:limit])
+    return text + ("..." if len(value) > limit else "")
+
+
+def split_query(query: str) -> typing.Dict[str, str]:
+    """The query's parameters by name; ``QueryError`` when too long, too many, or one repeated."""
+    if len(query) > QUERY_MAX_CHARS:
+        raise QueryError(f"query: expected at most {QUERY_MAX_CHARS} characters, got {len(query)}")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=QUERY_MAX_FIELDS)
+    except ValueError:
+        raise QueryError(f"query: expected at most {QUERY_MAX_FIELDS} parameters") from None
+    params: typing.Dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            raise QueryError(f"{_shown(name)}: given more than once")
+        params[name] = value
+    return params
+
+
+def parse_query(params: typing.Mapping[str, str], accepted: typing.Sequence[QueryParam]) -> typing.Dict[str, Any]:
+    """Each given parameter parsed by its spec; ``QueryError`` for an unknown or an out-of-bounds one."""
+    specs = {p.name: p for p in accepted}
+    parsed: typing.Dict[str, Any] = {}
+    for name, raw in params.items():
+        spec = specs.get(name)
+        if spec is None:
+            known = ", ".join(specs) or "none"
+            raise QueryError(f"unknown query parameter {_shown(name)}; expected {known}")
+        parsed[name] = spec.parse(raw)
+    return parsed
+
+
+# -- request bodies --------------------------------------------------------------------------
+
+
+def _json_depth(text: str) -> int:
+    """Deepest nesting of ``[``/``{`` in JSON text, strings skipped (checked before parsing, so
+    a deep body never reaches the parser's recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _json_int(text: str) -> int:
+    if len(text) > JSON_MAX_NUMBER_CHARS:
+        raise ValueError(f"a number of {len(text)} characters; expected at most {JSON_MAX_NUMBER_CHARS}")
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    if len(text) > JSON_MAX_NUMBER_CHARS:
+        raise ValueError(f"a number of {len(text)} characters; expected at most {JSON_MAX_NUMBER_CHARS}")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range of a number")
+    return value
+
+
+def _json_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def _json_object(pairs: typing.List[typing.Tuple[str, Any]]) -> typing.Dict[str, Any]:
+    obj: typing.Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"key {_shown(key)} given more than once")
+        obj[key] = value
+    return obj
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A request body as JSON within bounds; ``ValueError`` with a one-line reason otherwise.
+
+    Bounded before the parser sees it: size (by the caller, MAX_BODY_BYTES), nesting depth,
+    length of each number (Python's own int-from-text limit exists only from 3.11, and 3.8 has
+    none), duplicate keys, NaN and Infinity (not JSON, and not comparable).
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"invalid JSON: not UTF-8 (byte {exc.start})") from None
+    depth = _json_depth(text)
+    if depth > JSON_MAX_DEPTH:
+        raise ValueError(f"invalid JSON: nested {depth} deep; expected at most {JSON_MAX_DEPTH}")
+    try:
+        return json.loads(text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant,
+                          object_pairs_hook=_json_object)
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"invalid JSON: {first}") from None
+
+
+# -- what may be logged ----------------------------------------------------------------------
+
+_QUERY_IN_TEXT = re.compile(r"\?[^\s\"']*")
+_TOKEN_IN_TEXT = re.compile(r"(token(?:=|%3d))[^&\s\"']*", re.IGNORECASE)
+
+
+def mask_secrets(text: str, token: Optional[str] = None) -> str:
+    """``text`` (a request line, a path, an error) without anything that may be a token.
+
+    Query strings are dropped whole (a token parameter may be spelled ``%74oken=``), ``token=``
+    values are masked wherever they stand, and the configured token itself is replaced.
+    """
+    text = _QUERY_IN_TEXT.sub("?<query>", text)
+    text = _TOKEN_IN_TEXT.sub(r"\1***", text)
+    if token:
+        text = text.replace(token, "***")
+    return text
 
 
 # -- wire formats ----------------------------------------------------------------------------
@@ -440,9 +656,52 @@ class _Handler(BaseHTTPRequestHandler):
     # -- plumbing -----------------------------------------------------------------------------
 
     def log_message(self, format: str, *args: Any) -> None:
-        # The request line may carry ?token=: never log the query.
-        message = (format % args).replace(self.path, urlsplit(self.path).path) if self.path else format % args
-        log.debug("%s %s", self.address_string(), message)
+        # Called for every request line and error, also before the request line is parsed (no
+        # self.path then): the line may carry ?token=, so it is masked whatever the level.
+        try:
+            message = format % args
+        except (TypeError, ValueError):
+            message = format
+        log.debug("%s %s", self.address_string(), mask_secrets(message, self.app.token))
+
+    def handle_one_request(self) -> None:
+        # A client gone while its request line is refused, or between keep-alive requests, is
+        # no error of the server's: no traceback on stderr (socketserver's handle_error).
+        try:
+            super().handle_one_request()
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            self.close_connection = True
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":  # "GET /": an answer without a status line
+            self.send_error(HTTPStatus.BAD_REQUEST, f"{MALFORMED_REQUEST_LINE} (HTTP/0.9 is not supported)")
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Every error of the request line and headers as one JSON line; the line never echoed."""
+        if getattr(self, "command", None) is None or code == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:
+            # A malformed request line, or HTTP/2+ (which speaks no request line like this one).
+            code = HTTPStatus.BAD_REQUEST
+            message = MALFORMED_REQUEST_LINE
+        reason = (message or HTTPStatus(code).phrase).splitlines()[0] if (message or "").strip() else \
+            HTTPStatus(code).phrase
+        reason = mask_secrets(reason, self.app.token)
+        self.log_error("code %d, message %s", code, reason)
+        if not self.request_version.startswith("HTTP/1."):
+            self.request_version = "HTTP/1.0"  # so that the answer has a status line and headers
+        self.close_connection = True
+        body = to_json({"error": reason}).encode("utf-8")
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self._common_headers()
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _common_headers(self) -> None:
         self.send_header("Cache-Control", "no-store")
@@ -467,14 +726,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str, extra: Mapping[str, str] | None = None) -> None:
         self._send(status, to_json({"error": message}).encode("utf-8"), "application/json; charset=utf-8", extra)
 
-    def _query(self) -> dict[str, str]:
-        return {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query, keep_blank_values=True).items()}
-
-    def _allowed(self) -> bool:
-        query = self._query()
+    def _allowed(self, params: Mapping[str, str]) -> bool:
+        if not self.app.token and (self.headers.get("Sec-Fetch-Site") or "").strip().lower() in CROSS_SITE:
+            self._error(HTTPStatus.FORBIDDEN, "requests from other sites need a token (dashboard.token)")
+            return False
         denied = authorize(
             self.app.token, self.app.loopback, self.command,
-            self.headers.get("Authorization"), query.get("token"), self.headers.get("Host"),
+            self.headers.get("Authorization"), params.get("token"), self.headers.get("Host"),
         )
         if denied is None:
             return True
@@ -482,24 +740,34 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(denied.status, denied.reason, extra)
         return False
 
-    def _dispatch(self, routes: Mapping[str, Callable[[], None]]) -> None:
+    def _dispatch(self, routes: Mapping[str, Callable[[Mapping[str, Any]], None]]) -> None:
+        path = urlsplit(self.path).path
         try:
-            if not self._allowed():
+            try:
+                params = split_query(urlsplit(self.path).query)
+            except QueryError as exc:
+                self._error(HTTPStatus.BAD_REQUEST, str(exc))
                 return
-            route = routes.get(urlsplit(self.path).path)
+            if not self._allowed(params):
+                return
+            route = routes.get(path)
             if route is None:
-                known = ("/", "/index.html", "/stream.mjpg", "/events", "/api/state", "/api/control", "/metrics")
-                if urlsplit(self.path).path in known:
+                if path in QUERY_PARAMS:
                     self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not allowed here")
                 else:
                     self._error(HTTPStatus.NOT_FOUND, "no such page")
                 return
-            route()
+            try:
+                query = parse_query(params, QUERY_PARAMS[path])
+            except QueryError as exc:
+                self._error(HTTPStatus.BAD_REQUEST, str(exc))
+                return
+            route(query)
         # socket.timeout, not TimeoutError: they are one class only from Python 3.10 (3.8 is supported).
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             self.close_connection = True  # the viewer went away or stalled
         except Exception as exc:
-            log.exception("dashboard: %s %s failed", self.command, urlsplit(self.path).path)
+            log.exception("dashboard: %s %s failed", self.command, mask_secrets(path, self.app.token))
             self.close_connection = True
             try:
                 self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
@@ -524,55 +792,66 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routes -------------------------------------------------------------------------------
 
-    def _page(self) -> None:
+    def _page(self, _query: Mapping[str, Any]) -> None:
         page = self.app.page
         self._send(HTTPStatus.OK, page.html, "text/html; charset=utf-8", {"Content-Security-Policy": page.csp})
 
-    def _state(self) -> None:
+    def _state(self, _query: Mapping[str, Any]) -> None:
         self._json(HTTPStatus.OK, self.app.state())
 
-    def _metrics(self) -> None:
+    def _metrics(self, _query: Mapping[str, Any]) -> None:
         if self.app.metrics is None:
             self._error(HTTPStatus.NOT_FOUND, "metrics are not enabled")
             return
         self._send(HTTPStatus.OK, self.app.metrics().encode("utf-8"), PROMETHEUS_CONTENT_TYPE)
 
-    def _control(self) -> None:
-        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "expected Content-Type: application/json")
-            return
-        length_header = self.headers.get("Content-Length")
-        if length_header is None or not length_header.strip().isdigit():
-            self._error(HTTPStatus.LENGTH_REQUIRED, "expected a Content-Length header")
-            return
+    def _read_body(self) -> bytes | None:
+        """The request body within MAX_BODY_BYTES, or None after answering why not."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            self.close_connection = True
+            self._error(HTTPStatus.BAD_REQUEST, "Transfer-Encoding is not supported; send a Content-Length")
+            return None
+        length_header = (self.headers.get("Content-Length") or "").strip()
+        if re.fullmatch(r"[0-9]{1,12}", length_header) is None:  # ASCII digits: "²".isdigit() is True
+            self.close_connection = True
+            self._error(HTTPStatus.LENGTH_REQUIRED, "expected a Content-Length header (a number of bytes)")
+            return None
         length = int(length_header)
         if length > MAX_BODY_BYTES:
             self.close_connection = True
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
+            return None
+        return self.rfile.read(length)
+
+    def _control(self, _query: Mapping[str, Any]) -> None:
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "expected Content-Type: application/json")
             return
-        raw = self.rfile.read(length)
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            self._error(HTTPStatus.BAD_REQUEST, f"invalid JSON: {exc}")
+        raw = self._read_body()
+        if raw is None:
             return
         try:
-            request = parse_control(body)
+            request = parse_control(parse_json_body(raw))
         except ValueError as exc:
-            self._error(HTTPStatus.BAD_REQUEST, str(exc))
+            self._error(HTTPStatus.BAD_REQUEST, _one_line(exc))
             return
         try:
             applied = request.apply(self.app.controls)
         except (ValueError, EdgesegError) as exc:
-            self._error(HTTPStatus.BAD_REQUEST, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            self._error(HTTPStatus.BAD_REQUEST, _one_line(exc))
             return
-        shown = ", ".join(f"{k}={mask_credentials(repr(getattr(request, k)))}" for k in applied)
+        shown = ", ".join(f"{k}={mask_credentials(ascii(getattr(request, k)))}" for k in applied)
         log.info("dashboard control from %s: %s", self.address_string(), shown)
         self._json(HTTPStatus.OK, {"applied": applied, "controls": self.app.controls.state()})
 
     def _begin_stream(self, content_type: str) -> None:
         self.close_connection = True
+        self.connection.settimeout(STREAM_SEND_TIMEOUT_S)
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
+        except OSError:  # the kernel's default then; the send timeout still holds
+            pass
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", content_type)
         self.send_header("Connection", "close")
@@ -580,22 +859,40 @@ class _Handler(BaseHTTPRequestHandler):
         self._common_headers()
         self.end_headers()
 
-    def _stream(self) -> None:
-        query = self._query()
-        view_name = query.get("view", "result")
-        if view_name not in VIEWS:
-            self._error(HTTPStatus.BAD_REQUEST, f"view: expected one of {', '.join(VIEWS)}, got {view_name!r}")
-            return
-        view: View = "input" if view_name == "input" else "result"
-        fps = self.app.config.stream_fps
-        if "fps" in query:
-            try:
-                fps = min(fps, float(query["fps"]))
-            except ValueError:
-                fps = -1.0
-            if not fps > 0:
-                self._error(HTTPStatus.BAD_REQUEST, f"fps: expected a positive number, got {query['fps']!r}")
-                return
+    def _client_gone(self) -> bool:
+        """True when the client closed its end: the socket reads as ended (or failed).
+
+        A stream's client sends nothing after its request, so a readable socket means it closed
+        (or sent something, which is left where it is). Polled, never blocking.
+        """
+        sock = self.connection
+        try:
+            if hasattr(select, "poll"):
+                poller = select.poll()
+                poller.register(sock, select.POLLIN | select.POLLPRI)
+                if not poller.poll(0):
+                    return False
+            elif not select.select([sock], [], [], 0)[0]:
+                return False
+            return sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):  # reset, or closed under us
+            return True
+
+    def _linger(self, seconds: float) -> bool:
+        """Wait ``seconds`` in POLL_S steps; True when the stream must end (stopping, client gone)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self._client_gone():
+                return True
+            rest = deadline - time.monotonic()
+            if rest <= 0:
+                return False
+            if self.app.wait(min(rest, POLL_S)):
+                return True
+
+    def _stream(self, query: Mapping[str, Any]) -> None:
+        view: View = "input" if query.get("view") == "input" else "result"
+        fps = min(self.app.config.stream_fps, float(query.get("fps", STREAM_FPS_MAX)))
         period = 1.0 / fps
         feed = self.app.feed
         with self.app.slot("stream") as granted:
@@ -608,21 +905,29 @@ class _Handler(BaseHTTPRequestHandler):
             feed.add_viewer()
             try:
                 last = 0
+                jpeg: bytes | None = None
+                sent = time.monotonic()
                 while not self.app.stopping and not feed.closed:
+                    if self._client_gone():
+                        break
                     started = time.monotonic()
                     got = feed.next_jpeg(last, view, timeout=POLL_S)
                     if got is None:
+                        if jpeg is not None and time.monotonic() - sent >= STREAM_KEEPALIVE_S:
+                            self.wfile.write(mjpeg_part(jpeg))  # keepalive: the newest frame again
+                            self.wfile.flush()
+                            sent = time.monotonic()
                         continue
                     last, jpeg = got
                     self.wfile.write(mjpeg_part(jpeg))
                     self.wfile.flush()
-                    rest = period - (time.monotonic() - started)
-                    if rest > 0 and self.app.wait(rest):
+                    sent = time.monotonic()
+                    if self._linger(period - (sent - started)):
                         break
             finally:
                 feed.remove_viewer()
 
-    def _events(self) -> None:
+    def _events(self, _query: Mapping[str, Any]) -> None:
         period = 1.0 / self.app.config.events_hz
         with self.app.slot("events") as granted:
             if not granted:
@@ -639,5 +944,11 @@ class _Handler(BaseHTTPRequestHandler):
                 event_id += 1
                 self.wfile.write(sse_event(payload, "stats", event_id))
                 self.wfile.flush()
-                if self.app.wait(period):
+                if self._linger(period):
                     break
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as a one-line 400 reason, credentials masked."""
+    text = str(exc).strip()
+    return mask_credentials(text.splitlines()[0]) if text else type(exc).__name__

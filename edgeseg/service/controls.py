@@ -3,23 +3,90 @@
 Thresholds and NMS mode replace the postprocessor's settings object (read once per frame, so
 the next frame uses them; the adaptive controller adopts them as its new full-effort base). A
 fixed resolution pins the processor to that rung of the model ladder and suspends the picker;
-"auto" hands control back to it. A source switch is a reload with the new URI laid over the
-config, so it goes through the same checks, and falls back the same way, as SIGHUP.
+"auto" hands control back to it.
+
+A source switch is checked before it is answered: the URI is refused at the door when it is not
+text that can be opened (``check_source``), then the source is test-opened until it gives a
+first frame, within SOURCE_TEST_TIMEOUT_S, in a thread of its own (a network stream that hangs
+in OpenCV cannot hang the answer). Only then is it a reload with the new URI laid over the
+config (``Daemon.switch_source``), through the same checks as SIGHUP; a reload that still fails
+restores the overrides from before the switch, so a refused source is never laid over a later
+reload. A file or folder (a finite source) is switched to looping: the daemon is a service, and
+a clip chosen on the dashboard plays until the next switch instead of ending the daemon with it.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, List, Optional
 
+from edgeseg.dashboard.controls import check_source
+from edgeseg.errors import SourceError
 from edgeseg.postprocess.settings import NmsMethod
+from edgeseg.sources import open_source
+from edgeseg.sources.base import SourceOptions
 from edgeseg.sources.uri import mask_credentials
 
 if TYPE_CHECKING:
     from edgeseg.adaptive.ladder import ModelLadder
     from edgeseg.service.daemon import Daemon
+
+SOURCE_TEST_TIMEOUT_S: Final = 10.0
+"""Longest a source switch waits for the new source's first frame before refusing it."""
+SOURCE_TEST_CONNECT_S: Final = 5.0
+"""Connect and read timeouts of a test-opened network stream (within SOURCE_TEST_TIMEOUT_S)."""
+
+
+def probe_source(uri: str, options: SourceOptions, timeout: float = SOURCE_TEST_TIMEOUT_S) -> bool:
+    """Open ``uri`` and read its first frame within ``timeout``; whether it is finite (file, folder).
+
+    Raises ``SourceError`` with one line (credentials masked) when it does not open, fails, ends
+    before a frame, or gives none in time. The source is opened and read in a daemon thread, so
+    that a call into OpenCV that blocks longer than it should still leaves this call on time;
+    such a thread closes its source once OpenCV returns.
+    """
+    safe = mask_credentials(uri)
+    outcome: List[Any] = []  # [finite] or [exception], set by the thread
+    done = threading.Event()
+    abandoned = threading.Event()
+
+    def attempt() -> None:
+        source = None
+        try:
+            source = open_source(uri, options)
+            deadline = time.monotonic() + timeout
+            while not abandoned.is_set():
+                rest = deadline - time.monotonic()
+                if rest <= 0:
+                    raise SourceError(f"{safe}: no frame within {timeout:g} s")
+                if source.read(timeout=min(rest, 0.5)) is not None:
+                    outcome.append(not source.live)
+                    return
+                if source.exhausted:
+                    raise SourceError(f"{safe}: ended before its first frame")
+        except Exception as exc:  # any failure to open is a refusal, reported as one line
+            outcome.append(exc)
+        finally:
+            if source is not None:
+                try:
+                    source.close()
+                except Exception:  # closing a test source must not change the answer
+                    pass
+            done.set()
+
+    threading.Thread(target=attempt, name="edgeseg-source-test", daemon=True).start()
+    if not done.wait(timeout + 1.0):
+        abandoned.set()
+        raise SourceError(f"{safe}: did not open within {timeout:g} s")
+    result = outcome[0] if outcome else SourceError(f"{safe}: did not open")
+    if isinstance(result, BaseException):
+        text = str(result).strip()
+        line = text.splitlines()[0] if text else type(result).__name__
+        raise SourceError(mask_credentials(line if safe in mask_credentials(line) else f"{safe}: {line}"))
+    return bool(result)
 
 
 class DaemonControls:
@@ -29,7 +96,7 @@ class DaemonControls:
         self._daemon = daemon
         self._open_ladder = open_ladder
         self._lock = threading.Lock()
-        self.fixed_size: int | None = None
+        self.fixed_size: Optional[int] = None
 
     def _processor(self) -> Any:
         active = self._daemon.active
@@ -60,7 +127,21 @@ class DaemonControls:
             self.fixed_size = size
 
     def set_source(self, uri: str) -> None:
-        self._daemon.switch_source(uri)
+        """Switch to ``uri`` once it has given a frame; ``ValueError``/``SourceError`` otherwise.
+
+        The running source is left alone on a refusal. The URI of the running source itself is
+        not test-opened (a camera opens once) and not reloaded.
+        """
+        uri = check_source(uri)
+        active = self._daemon.active
+        if active is None:
+            raise ValueError("the pipeline is restarting; try again")
+        if uri == (active.config.source.uri or ""):
+            return
+        options = replace(active.config.source_options(), loop=False,
+                          open_timeout_s=SOURCE_TEST_CONNECT_S, read_timeout_s=SOURCE_TEST_CONNECT_S)
+        finite = probe_source(uri, options, SOURCE_TEST_TIMEOUT_S)
+        self._daemon.switch_source(uri, loop=finite)
 
     def set_paused(self, paused: bool) -> None:
         active = self._daemon.active
