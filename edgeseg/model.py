@@ -24,6 +24,7 @@ from edgeseg.bundle.select import PrecisionChoice, candidate_engines
 from edgeseg.bundle.selftest import LEDGER, check_loaded
 from edgeseg.bundle.verify import file_problem
 from edgeseg.errors import BundleError, ConfigError, ModelError
+from edgeseg.sources.fsnames import os_error_text, printable_name
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +325,12 @@ def load_model(
     fastest precision when not given); for an ONNX file, ``imgsz`` sizes a dynamic input.
     """
     path = Path(path)
-    if not path.exists():
-        raise ModelError(f"model file not found: {path}")
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as exc:  # a name component over 255 bytes, a NUL byte
+        raise ModelError(f"model {printable_name(str(path))}: cannot look it up ({os_error_text(exc)})") from None
+    if not exists:
+        raise ModelError(f"model file not found: {printable_name(str(path))}")
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device {device!r}: expected auto, cpu or cuda")
     if path.is_dir():

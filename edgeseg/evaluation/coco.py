@@ -23,6 +23,7 @@ from edgeseg.errors import EvalError
 from edgeseg.model import Model
 from edgeseg.progress import progress_bar
 from edgeseg.sinks.coco import CocoResultsSink
+from edgeseg.sources.fsnames import is_dir_or_raise, is_file_or_false, is_file_or_raise, printable_name
 from edgeseg.sources.images import ImageSource
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ def _normalise(name: str) -> str:
 def _load_annotations(path: Path) -> Any:
     from pycocotools.coco import COCO
 
-    if not path.is_file():
-        raise EvalError(f"annotations file not found: {path}")
+    if not is_file_or_raise(path, EvalError, "annotations file"):
+        raise EvalError(f"annotations file not found: {printable_name(str(path))}")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -111,11 +112,11 @@ def evaluate(
 ) -> EvalReport:
     """Run the model of ``config`` (or an already loaded ``model``) over the images and score it."""
     images, annotations = Path(images), Path(annotations)
-    if not images.is_dir():
-        raise EvalError(f"images folder not found: {images}")
+    if not is_dir_or_raise(images, EvalError, "images folder"):
+        raise EvalError(f"images folder not found: {printable_name(str(images))}")
     gt = _load_annotations(annotations)
     entries = sorted(gt.dataset["images"], key=lambda im: str(im.get("file_name", "")))
-    present = [im for im in entries if (images / str(im.get("file_name", ""))).is_file()]
+    present = [im for im in entries if is_file_or_false(images / str(im.get("file_name", "")))]
     if not present:
         raise EvalError(f"none of the {len(entries)} images of {annotations} is in {images}")
     if len(present) < len(entries):

@@ -16,6 +16,7 @@ from edgeseg.errors import SinkError
 from edgeseg.sinks.annotate import annotate
 from edgeseg.sinks.base import Sink
 from edgeseg.sinks.paths import prepare_directory
+from edgeseg.sources.fsnames import os_error_text, printable_name
 from edgeseg.structures import Frame, FrameResult
 
 JPEG_QUALITY = 90
@@ -41,13 +42,21 @@ class ImageDirSink(Sink):
         if self._closed:
             raise SinkError(f"image sink {str(self.directory)!r} is closed")
         target = self.directory / annotated_file_name(result.frame)
+        name = printable_name(str(target))
         image = annotate(result.frame.image, result.instances)
+        # Encoded here and written by Python, not cv2.imwrite: OpenCV crashes on a file name that
+        # is not UTF-8 (an input named caf\xe9.jpg gives caf\xe9.jpg here), Python writes any name.
         try:
-            written = cv2.imwrite(str(target), image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            encoded, data = cv2.imencode(JPEG_SUFFIX, image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         except cv2.error as exc:
-            raise SinkError(f"cannot write annotated image {str(target)!r}: {exc}") from exc
-        if not written:
-            raise SinkError(f"cannot write annotated image {str(target)!r}")
+            raise SinkError(f"cannot encode annotated image {name!r}: {exc}") from exc
+        if not encoded:
+            raise SinkError(f"cannot encode annotated image {name!r}")
+        try:
+            with open(target, "wb") as file:
+                file.write(data.tobytes())
+        except (OSError, ValueError) as exc:
+            raise SinkError(f"cannot write annotated image {name!r}: {os_error_text(exc)}") from exc
         self.files_written += 1
 
     def close(self) -> None:

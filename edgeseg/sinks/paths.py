@@ -2,7 +2,8 @@
 
 A sink that only finds out at the first frame (or, for COCO results, at close, after an hour of
 evaluation) that its path is unusable wastes the run. These helpers create what is missing and
-turn every ``OSError`` into a one-line ``SinkError`` that names the path.
+turn every ``OSError`` (a name component over 255 bytes included) into a one-line ``SinkError``
+that names the path, its undecodable bytes shown as ``\\xNN`` (``sources.fsnames``).
 """
 
 from __future__ import annotations
@@ -11,29 +12,37 @@ import os
 from pathlib import Path
 
 from edgeseg.errors import SinkError
+from edgeseg.sources.fsnames import os_error_text, printable_name
 
 
 def prepare_file(path: str | os.PathLike[str]) -> Path:
     """Create the parent directories of an output file and check that the file can be written."""
     target = Path(path)
+    name = printable_name(str(target))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SinkError(f"cannot create the directory of output file {str(target)!r}: {exc}") from exc
-    if target.is_dir():
-        raise SinkError(f"output file {str(target)!r} is a directory")
-    if not os.access(target.parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise SinkError(f"output file {str(target)!r} is not writable")
+    except (OSError, ValueError) as exc:
+        raise SinkError(f"cannot create the directory of output file {name!r}: {os_error_text(exc)}") from exc
+    try:
+        is_dir = target.is_dir()
+        writable = os.access(target.parent, os.W_OK) and (not target.exists() or os.access(target, os.W_OK))
+    except (OSError, ValueError) as exc:  # a name component over 255 bytes, a NUL byte
+        raise SinkError(f"output file {name!r}: cannot look it up ({os_error_text(exc)})") from None
+    if is_dir:
+        raise SinkError(f"output file {name!r} is a directory")
+    if not writable:
+        raise SinkError(f"output file {name!r} is not writable")
     return target
 
 
 def prepare_directory(path: str | os.PathLike[str]) -> Path:
     """Create an output directory (and its parents) and check that it can be written."""
     target = Path(path)
+    name = printable_name(str(target))
     try:
         target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SinkError(f"cannot create output directory {str(target)!r}: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise SinkError(f"cannot create output directory {name!r}: {os_error_text(exc)}") from exc
     if not os.access(target, os.W_OK):
-        raise SinkError(f"output directory {str(target)!r} is not writable")
+        raise SinkError(f"output directory {name!r} is not writable")
     return target

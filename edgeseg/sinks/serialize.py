@@ -4,7 +4,10 @@ JSONL files, MQTT payloads and the dashboard all publish this dict, so it is bui
 function: same input, same output, no I/O. The contract it follows is the JSON Schema in
 ``edgeseg/schemas/frame_result.v1.json`` (:func:`load_schema`); tests validate against it.
 Floats are rounded to what the numbers mean (a tenth of a pixel, four decimals of score) to keep
-payloads small on constrained links.
+payloads small on constrained links. File names and URIs are text as the file system gave them,
+which may hold bytes that are not UTF-8; they are written with each such byte as ``\\xNN``
+(``sources.fsnames.printable_name``), because the ``\\udcNN`` escape ``json.dumps`` would use is an
+unpaired surrogate that strict JSON parsers refuse.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from edgeseg.package_data import package_text
 from edgeseg.sinks.base import MaskFormat
 from edgeseg.sinks.mask_codec import polygons_from_crop, rle_from_crop
+from edgeseg.sources.fsnames import printable_name
 from edgeseg.structures import FrameResult, Instances
 
 SCHEMA_NAME = "edgeseg/frame-result"
@@ -84,10 +88,10 @@ def frame_result_to_dict(result: FrameResult, mask_format: MaskFormat) -> dict[s
         "schema": SCHEMA_NAME,
         "version": SCHEMA_VERSION,
         "frame_id": int(frame.frame_id),
-        "source": frame.source,
-        "name": frame.name,
+        "source": printable_name(frame.source),
+        "name": printable_name(frame.name),
         "timestamp": round(float(frame.timestamp), TIMESTAMP_DECIMALS),
-        "model": result.model,
+        "model": printable_name(result.model),
         "resolution": [int(res_h), int(res_w)],
         "image_size": [int(image_h), int(image_w)],
         "latency_ms": {

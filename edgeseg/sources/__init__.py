@@ -12,6 +12,7 @@ from typing import Callable
 
 from edgeseg.errors import SourceError
 from edgeseg.sources.base import Source, SourceOptions
+from edgeseg.sources.fsnames import os_error_text, printable_name
 from edgeseg.sources.images import ImageSource
 from edgeseg.sources.live import CSISource, LiveSource, NetworkStreamSource, V4L2Source
 from edgeseg.sources.uri import (
@@ -52,21 +53,30 @@ def _open_path(uri: str, options: SourceOptions) -> Source:
     _, text = split_scheme(uri)
     if not text:
         raise SourceError(f"{uri!r}: expected a file, folder or glob after file://")
-    path = Path(text).expanduser()
-    if path.is_dir():
+    try:
+        path = Path(text).expanduser()
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except (OSError, ValueError, RuntimeError) as exc:  # a name too long, a NUL byte, an unknown ~user
+        raise SourceError(
+            f"{printable_name(mask_credentials(uri))}: expected a video file, an image, a folder or a glob, "
+            f"cannot look it up ({os_error_text(exc)})"
+        ) from None
+    if is_dir:
         return ImageSource.from_folder(uri, path, options)
-    if path.is_file():
+    if is_file:
         if is_video_path(path):
             return VideoFileSource(uri, path, options)
         if is_image_path(path):
             return ImageSource(uri, [path], options)
         raise SourceError(
-            f"{uri}: expected a video ({' '.join(sorted(VIDEO_EXTENSIONS))}) or an image "
+            f"{printable_name(uri)}: expected a video ({' '.join(sorted(VIDEO_EXTENSIONS))}) or an image "
             f"({' '.join(sorted(IMAGE_EXTENSIONS))}), found a {path.suffix or 'suffix-less'} file"
         )
     if has_glob_magic(text):
         return ImageSource.from_glob(uri, text, options)
-    raise SourceError(f"{uri}: no such file or folder; expected a video file, an image, a folder or a glob")
+    raise SourceError(
+        f"{printable_name(uri)}: no such file or folder; expected a video file, an image, a folder or a glob"
+    )
 
 
 #: URI scheme to the class (or function) that opens it; plain paths go to ``_open_path``.
@@ -104,7 +114,7 @@ def open_source(uri: str, options: SourceOptions = DEFAULT_OPTIONS) -> Source:
     opener = SCHEMES.get(scheme)
     if opener is None:
         raise SourceError(
-            f"{mask_credentials(uri)}: unknown source scheme {scheme!r}; expected one of "
+            f"{printable_name(mask_credentials(uri))}: unknown source scheme {scheme!r}; expected one of "
             f"{', '.join(s + '://' for s in SCHEMES)} or a path"
         )
     return opener(uri, options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
+from edgeseg import MAX_IMAGE_PIXELS
 from edgeseg.errors import SourceError
 from edgeseg.resources import Closeable
 from edgeseg.structures import Frame
@@ -23,6 +24,9 @@ RECONNECT_MAX_S = 30.0
 OPEN_TIMEOUT_S = 5.0
 #: How long a connected network stream may stall before it counts as dropped, seconds.
 READ_TIMEOUT_S = 5.0
+#: Largest still image decoded, width x height: above a 48 MP (8064x6048) phone or camera still
+#: and an 8K frame (33 MP), far below a decompression bomb (20000x20000 = 400 MP, 2.4 GB).
+DEFAULT_MAX_PIXELS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class SourceOptions:
         width, height, fps: requested capture format for cameras (v4l2, csi); 0 = default.
         open_timeout_s: network streams (rtsp, http): longest wait for a connection.
         read_timeout_s: network streams: longest stall before the stream counts as dropped.
+        max_pixels: images (files, folders, globs): an image whose header gives more pixels
+            than this is skipped with one line before it is decoded (decompression bombs).
 
     A live ``read(timeout)`` never sleeps past ``timeout`` in its own backoff waits, but one
     call into OpenCV (connect or read) can block up to ``open_timeout_s``/``read_timeout_s``;
@@ -50,6 +56,7 @@ class SourceOptions:
     fps: int = 0
     open_timeout_s: float = OPEN_TIMEOUT_S
     read_timeout_s: float = READ_TIMEOUT_S
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.reconnect_initial_s <= 0 or self.reconnect_max_s < self.reconnect_initial_s:
@@ -66,6 +73,11 @@ class SourceOptions:
             raise SourceError(
                 f"source options: expected positive open/read timeouts, got "
                 f"{self.open_timeout_s} and {self.read_timeout_s}"
+            )
+        if not 0 < self.max_pixels <= MAX_IMAGE_PIXELS:
+            raise SourceError(
+                f"source options: expected 0 < max_pixels <= {MAX_IMAGE_PIXELS} (OpenCV's own limit, "
+                f"OPENCV_IO_MAX_IMAGE_PIXELS), got {self.max_pixels}"
             )
 
 

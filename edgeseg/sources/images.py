@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,9 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import SourceError
-from edgeseg.sources.base import Source, SourceOptions
+from edgeseg.sources.base import DEFAULT_MAX_PIXELS, Source, SourceOptions
+from edgeseg.sources.fsnames import os_error_text, printable_name
+from edgeseg.sources.imageheader import image_size
 from edgeseg.sources.uri import IMAGE_EXTENSIONS, is_image_path, mask_credentials, natural_key
 from edgeseg.structures import Frame, ImageArray
 
@@ -37,6 +40,9 @@ MAX_NAMES_IN_LOG = 10
 GRAY_CHANNELS = 1
 BGR_CHANNELS = 3
 BGRA_CHANNELS = 4
+#: A file whose image size cannot be read from its header is decoded only up to this size: an
+#: uncompressed image of 4 MiB is a 1.4 MP RGB image, and OpenCV's pixel limit bounds the rest.
+UNKNOWN_HEADER_MAX_BYTES = 4 * 1024 * 1024
 
 
 def truncation_reason(data: bytes | np.ndarray) -> str | None:
@@ -74,24 +80,54 @@ def to_bgr8(image: np.ndarray) -> ImageArray:
     return np.ascontiguousarray(image)
 
 
-def decode_image(path: Path) -> tuple[ImageArray | None, str]:
+def _pixel_limit_reason(raw: bytes, max_pixels: int) -> str | None:
+    """Why an encoded image must not be decoded for its size, or None when it may be.
+
+    The size comes from the header (``imageheader``), before any pixel is allocated. A format
+    whose header is not read there is decoded only when the file is small, as its decoded size
+    is then bounded by what such a file can hold; OpenCV's ``OPENCV_IO_MAX_IMAGE_PIXELS`` (set
+    in ``edgeseg/__init__``) bounds what is left.
+    """
+    size = image_size(raw)
+    if size is None:
+        if len(raw) > UNKNOWN_HEADER_MAX_BYTES:
+            return (
+                f"image size unreadable from its header and the file ({len(raw)} bytes) is over "
+                f"{UNKNOWN_HEADER_MAX_BYTES} bytes; not decoded (decompression bomb guard)"
+            )
+        return None
+    width, height = size
+    if width * height > max_pixels:
+        return (
+            f"image of {width}x{height} = {width * height / 1e6:.1f} MP is over source.max_pixels = "
+            f"{max_pixels / 1e6:.1f} MP; not decoded (decompression bomb guard)"
+        )
+    return None
+
+
+def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageArray | None, str]:
     """(BGR image, "") or (None, why it cannot be used) for one file; never raises.
 
-    ``np.fromfile`` + ``cv2.imdecode`` rather than ``cv2.imread``: it reads any path (non-ASCII
-    names included) and hands us the bytes, so truncation can be checked before decoding.
+    ``np.fromfile`` + ``cv2.imdecode`` rather than ``cv2.imread``: it reads any path (non-UTF-8
+    names included, on which ``imread`` crashes the process, see ``fsnames``) and hands us the
+    bytes, so truncation and the header's size (``max_pixels``) are checked before decoding.
     """
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        return None, f"cannot read file ({exc.strerror or exc})"
+        data = np.fromfile(os.fspath(path), dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        return None, f"cannot read file ({os_error_text(exc)})"
     if data.size == 0:
         return None, "empty file (0 bytes)"
-    reason = truncation_reason(data)
+    raw = data.tobytes()
+    reason = truncation_reason(raw) or _pixel_limit_reason(raw, max_pixels)
     if reason is not None:
         return None, reason
     # IMREAD_COLOR: grey and BGRA become BGR, 16-bit becomes 8-bit, EXIF orientation is applied
     # (as cv2.imread does, which is what the model's reference evaluation used).
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # e.g. over OPENCV_IO_MAX_IMAGE_PIXELS: OpenCV 4 raises, 5 returns None
+        return None, f"not a decodable image ({printable_name(str(exc).strip().splitlines()[-1])})"
     if image is None:
         return None, f"not a decodable image ({data.size} bytes)"
     try:
@@ -100,9 +136,17 @@ def decode_image(path: Path) -> tuple[ImageArray | None, str]:
         return None, str(exc)
 
 
+def _is_regular_file(path: Path) -> bool:
+    """``path.is_file()``, False where the file system refuses to say (a name too long, EACCES)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _visible_files(paths: Sequence[Path]) -> list[Path]:
     """Regular files, hidden ones (``.DS_Store``, editor swap files) left out, in natural order."""
-    return sorted((p for p in paths if p.is_file() and not p.name.startswith(".")), key=natural_key)
+    return sorted((p for p in paths if not p.name.startswith(".") and _is_regular_file(p)), key=natural_key)
 
 
 class ImageSource(Source):
@@ -121,7 +165,7 @@ class ImageSource(Source):
         Raises ``SourceError`` when ``paths`` is empty, naming what was found instead.
         """
         self.uri = uri
-        self._safe_uri = mask_credentials(uri)
+        self._safe_uri = printable_name(mask_credentials(uri))
         self._paths = list(paths)
         self._options = options
         self._index = 0
@@ -130,7 +174,7 @@ class ImageSource(Source):
         self._skipped = len(not_images)
         self._closed = False
         if not_images:
-            names = ", ".join(p.name for p in not_images[:MAX_NAMES_IN_LOG])
+            names = ", ".join(printable_name(p.name) for p in not_images[:MAX_NAMES_IN_LOG])
             more = len(not_images) - MAX_NAMES_IN_LOG
             logger.warning(
                 "%s: skipping %d file(s) without an image extension: %s%s",
@@ -146,12 +190,23 @@ class ImageSource(Source):
     @classmethod
     def from_folder(cls, uri: str, folder: Path, options: SourceOptions) -> ImageSource:
         """The images directly inside ``folder`` (not recursive), in natural order."""
-        return cls._from_files(uri, _visible_files(list(folder.iterdir())), options)
+        try:
+            entries = list(folder.iterdir())
+        except OSError as exc:
+            raise SourceError(
+                f"{printable_name(mask_credentials(uri))}: expected a readable folder of images, "
+                f"cannot list it ({os_error_text(exc)})"
+            ) from None
+        return cls._from_files(uri, _visible_files(entries), options)
 
     @classmethod
     def from_glob(cls, uri: str, pattern: str, options: SourceOptions) -> ImageSource:
         """The files matching ``pattern`` (``**`` recurses), in natural order."""
-        matches = glob.glob(str(Path(pattern).expanduser()), recursive=True)
+        try:
+            expanded = str(Path(pattern).expanduser())
+        except RuntimeError as exc:  # ~user of an unknown user
+            raise SourceError(f"{printable_name(mask_credentials(uri))}: {os_error_text(exc)}") from None
+        matches = glob.glob(expanded, recursive=True)  # glob skips what it cannot list or stat
         return cls._from_files(uri, _visible_files([Path(p) for p in matches]), options)
 
     @classmethod
@@ -181,11 +236,11 @@ class ImageSource(Source):
             if position not in self._bad:  # a file known bad is reported once, not every loop
                 break
         path = self._paths[position]
-        image, reason = decode_image(path)
+        image, reason = decode_image(path, self._options.max_pixels)
         if image is None:
             self._bad.add(position)
             self._skipped += 1
-            logger.warning("%s: skipping %s: %s", self._safe_uri, path, reason)
+            logger.warning("%s: skipping %s: %s", self._safe_uri, printable_name(str(path)), reason)
             return None
         frame = Frame(
             image=image, frame_id=self._next_id, source=self._safe_uri, timestamp=time.time(), name=path.name

@@ -25,6 +25,7 @@ import numpy as np
 
 from edgeseg.errors import SourceError
 from edgeseg.sources.base import Source, SourceOptions
+from edgeseg.sources.fsnames import opencv_name_problem, printable_name
 from edgeseg.sources.images import to_bgr8
 from edgeseg.sources.opencv_logs import quiet_opencv_logs
 from edgeseg.sources.uri import mask_credentials, split_scheme
@@ -85,7 +86,7 @@ class LiveSource(Source):
         """Nothing is opened here: the first ``read`` connects, within its own timeout."""
         quiet_opencv_logs()
         self.uri = uri
-        self._safe_uri = mask_credentials(uri)
+        self._safe_uri = printable_name(mask_credentials(uri))
         self._options = options
         self._backoff = Backoff(options.reconnect_initial_s, options.reconnect_max_s)
         self._cap: cv2.VideoCapture | None = None
@@ -209,7 +210,7 @@ class LiveSource(Source):
         self._next_attempt = time.monotonic() + delay
         logger.warning(
             "%s: %s; retrying in %.2f s (attempt %d)",
-            self._safe_uri, mask_credentials(reason), delay, self._attempts + 1,
+            self._safe_uri, printable_name(mask_credentials(reason)), delay, self._attempts + 1,
         )
 
 
@@ -302,6 +303,14 @@ class NetworkStreamSource(LiveSource):
         "  http(s)://host[:port]/path           MJPEG stream over HTTP(S), reconnects with backoff"
     )
 
+    def __init__(self, uri: str, options: SourceOptions) -> None:
+        """Refuses at once (``SourceError``) a URI OpenCV cannot take; no retry can fix that."""
+        super().__init__(uri, options)
+        problem = opencv_name_problem(uri)
+        if problem is not None:
+            raise SourceError(mask_credentials(problem))  # the password stays out of the message
+        self._cv_uri = uri
+
     def _open_capture(self) -> cv2.VideoCapture:
         scheme, _ = split_scheme(self.uri)
         if scheme in ("rtsp", "rtsps") and FFMPEG_OPTIONS_ENV not in os.environ:
@@ -311,4 +320,4 @@ class NetworkStreamSource(LiveSource):
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self._options.open_timeout_s * MS_PER_S),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self._options.read_timeout_s * MS_PER_S),
         ]
-        return cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, params)
+        return cv2.VideoCapture(self._cv_uri, cv2.CAP_FFMPEG, params)

@@ -21,8 +21,25 @@ VIDEO_EXTENSIONS = frozenset(
 )
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)
-#: ``user:password@`` right after ``scheme://``, anywhere in a text; the password may be empty.
-_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)([^/@:\s]*):([^/@\s]*)@")
+#: Where a URI begins: ``scheme://`` at the start of a text or after a space, quote or bracket.
+_URI_START = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://")
+#: A new URI after whitespace or a quote ends the one before (so a password holding ``x://``
+#: stays in its URI, while two URIs of one log line are masked each on its own).
+_NEXT_URI = re.compile(r"[\s'\"][A-Za-z][A-Za-z0-9+.-]*://")
+#: What must follow the ``@`` that ends a userinfo: a host (name, IPv4 or [IPv6]) and an optional
+#: port, then the end of the authority.
+_HOST_AFTER_AT = re.compile(
+    r"@(?:[A-Za-z0-9._~%-]*|\[[0-9A-Fa-f:.%A-Za-z]*\])(?::[0-9]*)?(?=[/?#\s'\"),;\]>]|$)"
+)
+#: ``user:secret@host`` without a scheme (a broker given as ``user:pass@host:1883``); not after
+#: ``/`` so that a file path like ``/data/a:b@c.jpg`` is left alone.
+_BARE_CREDENTIALS = re.compile(r"(?<![A-Za-z0-9._~%/:-])([A-Za-z0-9._~%-]+):(?!//)([^\s@]+)@(?=[A-Za-z0-9\[])")
+#: Query or fragment parameters whose name says they hold a secret (``?password=``, ``&token=``).
+_SECRET_PARAM = re.compile(
+    r"([?&;#])([^=&#;\s]*(?:pass|pwd|token|key|secret|auth|sig|credential)[^=&#;\s]*)=([^&#;\s]*)",
+    re.IGNORECASE,
+)
+MASK = "***"
 _GLOB_MAGIC = re.compile(r"[*?[]")
 _DIGITS = re.compile(r"(\d+)")
 
@@ -39,10 +56,47 @@ def split_scheme(uri: str) -> tuple[str | None, str]:
     return match.group(1).lower(), match.group(2)
 
 
+def _mask_userinfo(text: str) -> str:
+    """Each ``scheme://userinfo@host`` of ``text`` with the password part of userinfo masked.
+
+    The userinfo runs to the LAST ``@`` that is followed by a host, whatever it holds before
+    (``/``, spaces, ``#``, a raw ``@``, %-escapes): a password is opaque, and masking a little
+    too much of a log line is better than showing half a password.
+    """
+    out: list[str] = []
+    pos = 0
+    for start in _URI_START.finditer(text):
+        if start.start() < pos:
+            continue  # inside the userinfo already masked
+        authority = start.end()
+        following = _NEXT_URI.search(text, authority)
+        line_end = text.find("\n", authority)
+        end = min(e for e in (following.start() if following else len(text),
+                              line_end if line_end >= 0 else len(text)))
+        at = text.rfind("@", authority, end)
+        while at >= 0 and _HOST_AFTER_AT.match(text, at) is None:
+            at = text.rfind("@", authority, at)
+        if at < 0:
+            continue
+        user, colon, _password = text[authority:at].partition(":")
+        if not colon:
+            continue  # a user name alone is not a secret
+        out.append(text[pos:authority])
+        out.append(f"{user}:{MASK}")
+        pos = at
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def mask_credentials(uri: str) -> str:
     """``uri`` (or any text holding URIs) with passwords replaced by ``***``, for log lines,
-    errors and frame metadata."""
-    return _CREDENTIALS.sub(r"\1\2:***@", uri)
+    errors and frame metadata: the password of a ``scheme://user:password@host`` userinfo
+    (up to the last ``@`` before the host, so ``/``, spaces, ``#`` and ``@`` in a password stay
+    hidden), of a bare ``user:password@host``, and the value of query parameters named like a
+    secret (password, pass, pwd, token, key, secret, auth, sig; any case)."""
+    text = _mask_userinfo(uri)
+    text = _BARE_CREDENTIALS.sub(rf"\1:{MASK}@", text)
+    return _SECRET_PARAM.sub(rf"\1\2={MASK}", text)
 
 
 def has_glob_magic(text: str) -> bool:

@@ -16,6 +16,7 @@ import cv2
 
 from edgeseg.errors import SourceError
 from edgeseg.sources.base import Source, SourceOptions
+from edgeseg.sources.fsnames import opencv_path, printable_name
 from edgeseg.sources.images import to_bgr8
 from edgeseg.sources.opencv_logs import quiet_opencv_logs
 from edgeseg.sources.uri import mask_credentials
@@ -36,8 +37,9 @@ class VideoFileSource(Source):
         """Open ``path`` and decode its first frame; ``SourceError`` if either fails."""
         quiet_opencv_logs()
         self.uri = uri
-        self._safe_uri = mask_credentials(uri)
+        self._safe_uri = printable_name(mask_credentials(uri))
         self._path = path
+        self._cv_path = opencv_path(path, SourceError)  # before OpenCV: a non-UTF-8 name crashes it
         self._options = options
         self._next_id = 0
         self._cap: cv2.VideoCapture | None = self._open()
@@ -49,10 +51,10 @@ class VideoFileSource(Source):
         self._length = count if count > 0 else None
 
     def _open(self) -> cv2.VideoCapture:
-        cap = cv2.VideoCapture(str(self._path), cv2.CAP_FFMPEG)
+        cap = cv2.VideoCapture(self._cv_path, cv2.CAP_FFMPEG)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"{self._safe_uri}: expected a video FFmpeg can open, cannot open {self._path}")
+            raise SourceError(f"{self._safe_uri}: expected a video FFmpeg can open, cannot open {self._cv_path}")
         return cap
 
     def _grab(self) -> ImageArray | None:
