@@ -10,16 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
+
+from pydantic import BaseModel
 
 from edgeseg import __version__
 from edgeseg.config import Config, load_config
+from edgeseg.config.schema import ModelConfig, PipelineConfig, PostprocessConfig
 from edgeseg.errors import EdgesegError, ExportError
 from edgeseg.sinks.base import Sink
 from edgeseg.sources.uri import mask_credentials
@@ -31,6 +35,75 @@ EXIT_OK = 0
 EXIT_INTERRUPTED_TWICE = 130
 
 
+#: ``bench --frames`` and ``--warmup``: at least one timed frame (the source loops, so 0 would
+#: never end), and at most a million (an hour at 300 FPS) so a typo cannot run for days.
+BENCH_MAX_FRAMES = 1_000_000
+BENCH_MAX_WARMUP = 10_000
+_BOUND_CHECKS: tuple[tuple[str, str, Callable[[float, float], bool]], ...] = (
+    ("ge", ">=", lambda v, b: v >= b),
+    ("gt", ">", lambda v, b: v > b),
+    ("le", "<=", lambda v, b: v <= b),
+    ("lt", "<", lambda v, b: v < b),
+    ("multiple_of", "a multiple of", lambda v, b: v % b == 0),
+)
+
+
+def _number(kind: type[int] | type[float], **bounds: float) -> Callable[[str], float]:
+    """An argparse ``type``: ``kind`` within ``bounds`` (ge, gt, le, lt, multiple_of).
+
+    A value out of range (or NaN, or infinite) is refused by argparse with one line naming the
+    flag and the range, before any configuration is read or any model loaded.
+    """
+    what = "an integer" if kind is int else "a number"
+    limits = [f"{word} {bounds[name]}" for name, word, _ in _BOUND_CHECKS if bounds.get(name) is not None]
+    expected = " ".join([what, " and ".join(limits)]).strip()
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value) or not all(
+            check(value, bounds[name]) for name, _, check in _BOUND_CHECKS if bounds.get(name) is not None
+        ):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _config_number(section: type[BaseModel], dotted: str, kind: type[int] | type[float]) -> Callable[[str], float]:
+    """``_number`` with the bounds of configuration field ``dotted`` (``section.field``), so a flag
+    and the file agree, and the message names the field as a config error would."""
+    bounds = {
+        name: getattr(rule, name)
+        for rule in section.model_fields[dotted.rpartition(".")[2]].metadata
+        for name, _, _ in _BOUND_CHECKS
+        if getattr(rule, name, None) is not None
+    }
+    parse = _number(kind, **bounds)
+
+    def parse_field(text: str) -> float:
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"field '{dotted}': {exc}") from None
+
+    parse_field.__name__ = kind.__name__
+    return parse_field
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as every other edgeseg error: one ``edgeseg:`` line, exit 2.
+
+    (argparse's own form is a usage block plus an error line; subcommand parsers inherit this.)
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"edgeseg: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def _add_common(p: argparse.ArgumentParser, *, source: bool = True) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML configuration (flags override it)")
     p.add_argument("--model", metavar="M", help="ONNX model (or engine bundle directory)")
@@ -39,13 +112,19 @@ def _add_common(p: argparse.ArgumentParser, *, source: bool = True) -> None:
 
         p.add_argument("--source", metavar="URI", help="frame source:\n" + describe_sources())
         p.add_argument("--loop", action="store_true", default=None, help="restart a file/folder source at its end")
-    p.add_argument("--imgsz", type=int, help="input size for dynamic models (multiple of 32, 320..1280)")
-    p.add_argument("--conf", type=float, help="confidence threshold")
+    p.add_argument("--imgsz", type=_config_number(ModelConfig, "model.imgsz", int),
+                   help="input size for dynamic models (multiple of 32, 320..1280)")
+    p.add_argument("--conf", type=_config_number(PostprocessConfig, "postprocess.conf_threshold", float),
+                   help="confidence threshold")
     p.add_argument("--nms", choices=["gaussian", "linear", "hard"], help="Soft-NMS kind or hard NMS")
-    p.add_argument("--iou", type=float, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=int, help="most instances per frame")
-    p.add_argument("--threads", type=int, help="threads per inference (0: all cores)")
-    p.add_argument("--inference-workers", type=int, help="frames inferred concurrently (default 1)")
+    p.add_argument("--iou", type=_config_number(PostprocessConfig, "postprocess.iou_threshold", float),
+                   help="NMS IoU threshold")
+    p.add_argument("--max-det", type=_config_number(PostprocessConfig, "postprocess.max_detections", int),
+                   help="most instances per frame")
+    p.add_argument("--threads", type=_config_number(ModelConfig, "model.threads", int),
+                   help="threads per inference (0: all cores)")
+    p.add_argument("--inference-workers", type=_config_number(PipelineConfig, "pipeline.inference_workers", int),
+                   help="frames inferred concurrently (default 1)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"], help="engine precision of a bundle")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
@@ -133,7 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 stopper.restore()
     finally:
         runtime.close()
-    sinks = ", ".join(config.output.sinks) or "no sinks"
+    sinks = ", ".join(mask_credentials(spec) for spec in config.output.sinks) or "no sinks"
     print(
         f"run: {counters.processed} frames in {counters.elapsed_s:.1f} s ({counters.fps:.2f} FPS), "
         f"{counters.instances} instances, {runtime.source.skipped} skipped, {pipeline.drops} dropped, "
@@ -252,7 +331,7 @@ def _add_export_stage_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgeseg",
         description="Real-time instance segmentation on edge devices.",
         formatter_class=argparse.RawTextHelpFormatter,
@@ -264,10 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="segment a source and write the results", formatter_class=argparse.RawTextHelpFormatter
     )
     _add_common(run)
+    from edgeseg.sinks import describe_sinks  # the sink registry is the one list of kinds
+
     run.add_argument("--sink", action="append", metavar="KIND:PATH",
-                     help="output, repeatable: jsonl:PATH, coco:PATH, video:FILE.mp4 or video:DIR, images:DIR")
+                     help="output, repeatable:\n" + describe_sinks())
     run.add_argument("--mask-format", choices=["rle", "polygon", "none"], help="mask encoding in JSON outputs")
-    run.add_argument("--max-frames", type=int, help="stop after N frames")
+    run.add_argument("--max-frames", type=_config_number(PipelineConfig, "pipeline.max_frames", int),
+                     help="stop after N frames (0: until the source ends)")
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser("eval", help="COCO box and mask mAP on an annotated image folder")
@@ -280,17 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="per-stage latency, pipeline FPS and sequential FPS",
                            formatter_class=argparse.RawTextHelpFormatter)
     _add_common(bench)
-    bench.add_argument("--frames", type=int, default=200, help="frames to time (the source loops)")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed frames first")
+    bench.add_argument("--frames", type=_number(int, ge=1, le=BENCH_MAX_FRAMES), default=200,
+                       help=f"frames to time, 1..{BENCH_MAX_FRAMES} (the source loops)")
+    bench.add_argument("--warmup", type=_number(int, ge=0, le=BENCH_MAX_WARMUP), default=5,
+                       help=f"untimed frames first, 0..{BENCH_MAX_WARMUP}")
     bench.add_argument("--no-sequential", action="store_true", help="skip the sequential baseline")
-    bench.add_argument("--sink", action="append", metavar="KIND:PATH", help="also write to these sinks")
+    bench.add_argument("--sink", action="append", metavar="KIND:PATH",
+                       help="also write to these sinks:\n" + describe_sinks())
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(func=cmd_bench)
 
     serve = sub.add_parser("serve", help="run as a service: sd_notify, watchdog, SIGHUP reload, journald logs",
                            formatter_class=argparse.RawTextHelpFormatter)
     _add_common(serve)
-    serve.add_argument("--sink", action="append", metavar="KIND:PATH", help="outputs besides the config's")
+    serve.add_argument("--sink", action="append", metavar="KIND:PATH",
+                       help="outputs besides the config's:\n" + describe_sinks())
     serve.set_defaults(func=cmd_serve)
 
     from edgeseg.flash.cli import add_engines_parser

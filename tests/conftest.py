@@ -7,6 +7,7 @@ floor; the terminal summary names them, so nothing disappears silently.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -46,6 +47,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"not collected on Python {sys.version_info[0]}.{sys.version_info[1]} (the export stage needs "
             f"{EXPORT_MIN_PYTHON[0]}.{EXPORT_MIN_PYTHON[1]}+): {', '.join(sorted(_not_collected))}"
         )
+
+
+@pytest.fixture(autouse=True)
+def _no_logging_onto_old_captures() -> Iterator[None]:
+    """A CLI call in a test configures logging onto the stderr of that moment (capsys's capture);
+    a later test must not log onto that closed stream ("--- Logging error ---" in its stderr).
+    Stream handlers a test added to the root logger go, and its level comes back."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 def copy_images(source: Path, folder: Path, count: int) -> Path:

@@ -364,7 +364,9 @@ def test_install_self_tests_the_engines(tmp_path: Path) -> None:
     assert s.inspect_installed(result.bundle_id).ok  # the self-test files are part of the verified bundle
     model = load_model(s.root / "active", threads=1)
     model.close()
-    assert LEDGER.counts().runs[(QOP, "passed")] == 1  # install keeps no verdict: the daemon tests on load
+    # install's own check keeps no verdict; the activation's test-load (of the staged copy) and the
+    # daemon's load (of `active`) each test once: the verdict is per bundle path
+    assert LEDGER.counts().runs[(QOP, "passed")] == 2
 
 
 def test_install_keeps_a_bundle_with_one_failing_engine_and_says_so(tmp_path: Path) -> None:

@@ -12,14 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, List, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgeseg import MAX_IMAGE_PIXELS
 from edgeseg.config.adaptive import AdaptiveConfig
 from edgeseg.config.dashboard import DashboardConfig
 from edgeseg.config.engines import EnginesConfig
 from edgeseg.config.errors import describe_validation_error
 from edgeseg.config.mqtt import MqttConfig
+from edgeseg.config.yaml_loader import load_yaml
 from edgeseg.errors import ConfigError
 from edgeseg.postprocess.settings import (
     DEFAULT_CONF_THRESHOLD,
@@ -30,7 +31,7 @@ from edgeseg.postprocess.settings import (
     RefineSettings,
 )
 from edgeseg.sinks.base import SinkOptions
-from edgeseg.sources.base import RECONNECT_INITIAL_S, RECONNECT_MAX_S, SourceOptions
+from edgeseg.sources.base import DEFAULT_MAX_PIXELS, RECONNECT_INITIAL_S, RECONNECT_MAX_S, SourceOptions
 
 #: The configuration format this code reads.
 CONFIG_VERSION: Final = 1
@@ -64,6 +65,11 @@ class SourceConfig(_Strict):
     width: int = Field(0, ge=0, le=8192, description="camera capture width; 0 = device default")
     height: int = Field(0, ge=0, le=8192, description="camera capture height; 0 = device default")
     fps: int = Field(0, ge=0, le=480, description="camera frame rate; 0 = device default")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1, le=MAX_IMAGE_PIXELS,
+        description="image files: skip (one log line) an image whose header gives more pixels "
+        "(width x height) than this, before decoding it; guards against decompression bombs",
+    )
 
     @model_validator(mode="after")
     def _backoff_order(self) -> SourceConfig:
@@ -104,7 +110,9 @@ class PostprocessConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    sinks: List[str] = Field(default_factory=list, description="outputs, each KIND:PATH (jsonl, coco, video, images)")
+    sinks: List[str] = Field(
+        default_factory=list, description="outputs, each KIND:PATH or a broker URI (the kinds: edgeseg run --help)"
+    )
     mask_format: Literal["rle", "polygon", "none"] = Field("rle", description="mask encoding in JSON outputs")
     video_fps: float = Field(25.0, gt=0, le=240, description="frame rate of annotated videos")
 
@@ -148,7 +156,9 @@ class Config(_Strict):
 
     def source_options(self) -> SourceOptions:
         s = self.source
-        return SourceOptions(s.loop, s.reconnect_initial_s, s.reconnect_max_s, s.width, s.height, s.fps)
+        return SourceOptions(
+            s.loop, s.reconnect_initial_s, s.reconnect_max_s, s.width, s.height, s.fps, max_pixels=s.max_pixels
+        )
 
     def sink_options(self, append: bool = False) -> SinkOptions:
         return SinkOptions(mask_format=self.output.mask_format, fps=self.output.video_fps, append=append)
@@ -188,10 +198,5 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
         raise ConfigError(f"config file not found: {p}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {p}: cannot read ({exc})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {p}: not valid YAML{where}") from None
+    raw = load_yaml(text, f"config file {p}")  # duplicate keys and alias bombs refused
     return parse_config(raw, overrides, origin=str(p))

@@ -16,6 +16,7 @@ which is systemd's cue to restart it.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import signal
@@ -35,7 +36,7 @@ from edgeseg.bundle.selftest import LEDGER
 from edgeseg.config import Config, load_config
 from edgeseg.dashboard.feed import DashboardSink
 from edgeseg.dashboard.server import DashboardServer
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, SinkError
 from edgeseg.model import Model
 from edgeseg.monitor.metrics import StageHistograms, render_metrics
 from edgeseg.monitor.telemetry import Telemetry
@@ -47,7 +48,9 @@ from edgeseg.service.notify import Notifier, watchdog_interval_s
 from edgeseg.service.stats import snapshot, status_line
 from edgeseg.sinks import create_sink
 from edgeseg.sinks.base import Sink
+from edgeseg.sinks.coco import SERVE_REFUSAL as COCO_SERVE_REFUSAL
 from edgeseg.sources import open_source
+from edgeseg.sources.uri import mask_credentials
 from edgeseg.structures import FrameResult
 
 log = logging.getLogger("edgeseg.serve")
@@ -56,6 +59,8 @@ log = logging.getLogger("edgeseg.serve")
 TICK_S = 0.5
 #: Exit codes: 0 after a requested stop or a finite source's end, 1 after a fatal pipeline error.
 EXIT_OK, EXIT_FAILED = 0, 1
+#: Taking the pid file's lock: tries and the pause between them (about a second in all).
+PID_LOCK_TRIES, PID_LOCK_RETRY_S = 20, 0.05
 
 PersistentSinks = typing.Callable[[Config], typing.List[Sink]]  # evaluated at import: 3.8's form
 
@@ -90,6 +95,13 @@ class _Active:
         if self.ladder is not None:
             self.ladder.close()
         self.runtime.close()
+
+
+def check_serve_sinks(config: Config) -> None:
+    """Refuse ``coco:`` outputs under ``serve`` in one line (see ``edgeseg.sinks.coco``)."""
+    for spec in config.output.sinks:
+        if spec.partition(":")[0] == "coco":
+            raise SinkError(f"output.sinks {spec!r}: refused under serve: {COCO_SERVE_REFUSAL}")
 
 
 def _open_runtime(config: Config, model: Model) -> Runtime:
@@ -139,6 +151,12 @@ class Daemon:
         self._started = time.monotonic()
         self._last_stats = 0.0
         self.reloads = 0
+        self._before_switch: dict[str, Any] | None = None  # overrides to restore if a switch fails
+        # The pid file, locked while this process runs (engines activate signals only its holder),
+        # and the count of reload attempts its verdicts name.
+        self._pid_file: Path | None = None
+        self._pid_fd: int | None = None
+        self._reload_attempts = 0
         self.controls = DaemonControls(self, self._open_ladder)
         self.telemetry: Telemetry | None = None
         self.build_on_start = build_on_start or BuildOnStart()
@@ -153,11 +171,23 @@ class Daemon:
             raise ValueError("the pipeline is restarting; try again")
         return self._active.open_ladder()
 
-    def switch_source(self, uri: str) -> None:
-        """Reload with ``uri`` as the source (the dashboard's source switch); it stays until restart."""
+    def switch_source(self, uri: str, loop: bool = False) -> None:
+        """Reload with ``uri`` as the source (the dashboard's switch, test-opened by DaemonControls).
+
+        It stays until restart once the reload succeeds; a reload that is refused or fails puts
+        back the overrides from before the switch, so a failed switch is never laid over later
+        reloads. ``loop``: restart a finite source (file, folder) when it ends, so that it does
+        not end the daemon.
+        """
         if not uri.strip():
             raise ValueError("source: expected a URI")
-        self.overrides.setdefault("source", {})["uri"] = uri.strip()
+        if self._before_switch is None:
+            self._before_switch = copy.deepcopy(self.overrides)
+        source = {k: v for k, v in dict(self.overrides.get("source") or {}).items() if k != "loop"}
+        source["uri"] = uri.strip()
+        if loop:
+            source["loop"] = True
+        self.overrides = {**self.overrides, "source": source}  # one assignment: a reload reads either
         self._reload.set()
 
     # -- signals ------------------------------------------------------------------------------
@@ -184,7 +214,11 @@ class Daemon:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _load_config(self) -> Config:
-        return load_config(self.config_path, self.overrides)
+        """The config re-read for start or reload, refused (before anything running is stopped)
+        when it names an output a daemon cannot keep bounded."""
+        config = load_config(self.config_path, self.overrides)
+        check_serve_sinks(config)
+        return config
 
     def _start(self, config: Config, model: Model | None = None) -> _Active:
         model = model if model is not None else open_model(config)
@@ -231,21 +265,30 @@ class Daemon:
         self.notifier.reloading()
         assert self._active is not None
         old = self._active.config
+        before_switch, self._before_switch = self._before_switch, None
+        self._reload_attempts += 1
         try:
             new = self._load_config()
             model = open_model(new)  # the bundle behind model.path may have been re-flashed
         except EdgesegError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
+            if before_switch is not None:  # a refused source switch is not laid over later reloads
+                self.overrides = before_switch
+            self._verdict(False, f"reload refused: {exc}")
             self.notifier.ready(status_line(self.stats()))
             return
         self._stop_active()
         try:
             self._active = self._start(new, model)
             self.reloads += 1
-            log.info("reloaded: model %s, source %s", model.spec.name, new.source.uri)
+            log.info("reloaded: model %s, source %s", model.spec.name, mask_credentials(new.source.uri or ""))
             self.build_on_start.start(new, model, self.request_reload)  # a newly activated bundle's plans
+            self._verdict(True, f"reloaded: model {model.spec.name}")
         except EdgesegError as exc:
             log.error("reload failed (%s); restoring the previous configuration", exc)
+            if before_switch is not None:
+                self.overrides = before_switch
+            self._verdict(False, f"reload failed: {exc}")
             self._active = self._start(old)
         self.notifier.ready(status_line(self.stats()))
 
@@ -321,16 +364,46 @@ class Daemon:
             if callable(publish):
                 publish(stats)
 
+    def _verdict(self, ok: bool, message: str) -> None:
+        """This reload's outcome beside the pid file: ``engines activate`` waits for it."""
+        if self._pid_file is None:
+            return
+        from edgeseg.flash.daemon import write_verdict
+
+        try:
+            write_verdict(self._pid_file, self._reload_attempts, ok, message)
+        except OSError as exc:
+            log.warning("cannot write the reload verdict beside %s (%s)", self._pid_file, exc.strerror)
+
     def _write_pid_file(self, config: Config) -> Path | None:
+        """Write and lock (flock, held until exit) the pid file: the lock is how ``engines activate``
+        tells this daemon from a stale pid reused by another process. Another holder is retried
+        briefly (a CLI checking the lock holds it for an instant), then this daemon runs unlocked."""
+        import fcntl
+
         path = Path(config.engines.pid_file)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"{os.getpid()}\n", encoding="ascii")
-            return path
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             log.warning("cannot write pid file %s (%s); 'edgeseg engines activate' will not find this daemon",
                         path, exc.strerror)
             return None
+        for _ in range(PID_LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(PID_LOCK_RETRY_S)
+        else:
+            os.close(fd)
+            log.warning("pid file %s is locked by another edgeseg serve; not taking it over", path)
+            return None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        self._pid_file, self._pid_fd = path, fd
+        self._verdict(True, "started")
+        return path
 
     def run(self) -> int:
         """Serve until stopped; the exit code for the process."""
@@ -357,7 +430,7 @@ class Daemon:
                 if not self._active.pipeline.running:
                     try:
                         self._active.pipeline.join(0)
-                        log.info("source %s ended", self._active.config.source.uri)
+                        log.info("source %s ended", mask_credentials(self._active.config.source.uri or ""))
                     except Exception as exc:  # fatal stage error: exit non-zero so systemd restarts us
                         log.error("pipeline failed: %s: %s", type(exc).__name__, exc)
                         code = EXIT_FAILED
@@ -374,5 +447,7 @@ class Daemon:
             self.telemetry.close()
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
+            if self._pid_fd is not None:
+                os.close(self._pid_fd)  # releases the lock, after the unlink
             self.notifier.close()
         return code

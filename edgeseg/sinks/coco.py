@@ -4,6 +4,13 @@ Results are gathered in memory and written once at close, through a temporary fi
 directory and an atomic rename: a run that dies half-way leaves either the previous file or no
 file, never a truncated JSON that an evaluation would misread. Masks are always COCO RLE here
 (evaluation needs RLE whatever the live outputs use); without masks the file holds box results.
+
+A COCO results file is one JSON array, for a finite set of images: it cannot be appended to and
+must be held whole until it is written. That suits ``edgeseg run`` over a dataset, not a daemon,
+where it would grow in memory without bound and be rewritten from scratch (losing what came
+before) at each reload; ``serve`` therefore refuses it (:data:`SERVE_REFUSAL`) and the daemon's
+lasting record is the JSONL sink, which holds the same results, line by line, bounded by disk.
+While open, the sink holds a lock beside its file (removed at close) so that a second writer is refused.
 """
 
 from __future__ import annotations
@@ -14,12 +21,13 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from edgeseg.errors import SinkError
 from edgeseg.sinks.base import Sink
+from edgeseg.sinks.locks import lock_beside, unlock_beside
 from edgeseg.sinks.mask_codec import rle_from_crop
 from edgeseg.sinks.paths import prepare_file
 from edgeseg.structures import Frame, FrameResult
@@ -29,6 +37,11 @@ LOG = logging.getLogger(__name__)
 BBOX_DECIMALS = 2
 SCORE_DECIMALS = 5
 """More decimals than the live schema: COCOeval ranks detections by score, ties blur the order."""
+SERVE_REFUSAL = (
+    "a COCO results file is written whole at the end of a run, so under 'serve' it would grow in "
+    "memory without bound and be rewritten at each reload; use jsonl:PATH for the daemon, coco: with 'edgeseg run'"
+)
+"""Why ``serve`` refuses ``coco:`` sinks (checked by the daemon on start and on every reload)."""
 TEMP_SUFFIX = ".tmp"
 RESULTS_FILE_MODE = 0o644
 """Temporary files are created private (0600); the results file is an ordinary readable file."""
@@ -53,6 +66,7 @@ class CocoResultsSink(Sink):
         category_ids: Mapping[str, int] | None = None,
     ):
         self.path = prepare_file(path)
+        self._lock: IO[str] | None = lock_beside(self.path)  # the file itself is replaced by rename
         self.image_ids = dict(image_ids) if image_ids is not None else None
         self.category_ids = dict(category_ids) if category_ids is not None else None
         self.results: list[dict[str, Any]] = []
@@ -106,6 +120,13 @@ class CocoResultsSink(Sink):
         if self._closed:
             return
         self._closed = True
+        try:
+            self._report_and_write()
+        finally:
+            unlock_beside(self.path, self._lock)
+            self._lock = None
+
+    def _report_and_write(self) -> None:
         if self.skipped_frames or self.skipped_instances:
             LOG.warning(
                 "coco results %s: skipped %d frames not in image_ids and %d instances of classes "

@@ -12,6 +12,7 @@ from typing import IO
 
 from edgeseg.errors import SinkError
 from edgeseg.sinks.base import MaskFormat, Sink
+from edgeseg.sinks.locks import open_locked
 from edgeseg.sinks.paths import prepare_file
 from edgeseg.sinks.serialize import frame_result_to_dict
 from edgeseg.structures import FrameResult
@@ -21,16 +22,15 @@ JSON_SEPARATORS = (",", ":")
 
 
 class JsonlSink(Sink):
-    """Writes frame results as JSON lines to a file (truncated on open unless ``append``)."""
+    """Writes frame results as JSON lines to a file (truncated on open unless ``append``), holding
+    an exclusive lock on it so that a second writer is refused instead of interleaving lines."""
 
     def __init__(self, path: str | os.PathLike[str], mask_format: MaskFormat = "rle", append: bool = False):
         self.path = prepare_file(path)
         self.mask_format: MaskFormat = mask_format
         self.lines_written = 0
-        try:
-            self._file: IO[str] | None = self.path.open("a" if append else "w", encoding="utf-8")
-        except OSError as exc:
-            raise SinkError(f"cannot open output file {str(self.path)!r}: {exc}") from exc
+        # locked before it is emptied: a second writer is refused and truncates nothing
+        self._file: IO[str] | None = open_locked(self.path, truncate=not append)
 
     def write(self, result: FrameResult) -> None:
         if self._file is None:
