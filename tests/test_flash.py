@@ -497,7 +497,9 @@ def on_hup(*_):
     global reloads
     reloads += 1
     open(log, "a").write("reload\\n")
-    if mode != "quiet":
+    if mode == "fail":  # the second reload fails after its model loaded (the camera gone, say)
+        verdict(reloads != 2, "reload failed: camera gone" if reloads == 2 else "reloaded: model det")
+    elif mode != "quiet":
         verdict(mode == "accept", "reloaded: model det" if mode == "accept" else "reload refused: not a model")
 signal.signal(signal.SIGHUP, on_hup)
 fd = os.open(pid_file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -513,7 +515,8 @@ while time.time() < end:
 
 def start_daemon(tmp_path: Path, mode: str = "quiet") -> tuple[Path, Path, subprocess.Popen[bytes]]:
     """A real process run as ``edgeseg serve`` (a script named edgeseg) holding its pid file's
-    lock; ``mode``: quiet (writes no verdicts, as an older daemon), accept or refuse reloads."""
+    lock; ``mode``: quiet (writes no verdicts, as an older daemon), accept or refuse reloads, or
+    fail the second one (after its model loaded, so it restarted through the link)."""
     pid_file, log = tmp_path / "run" / "edgeseg.pid", tmp_path / "hup.log"
     pid_file.parent.mkdir(exist_ok=True)
     script = tmp_path / "bin" / "edgeseg"

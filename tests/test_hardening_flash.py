@@ -98,7 +98,19 @@ def test_an_unloadable_bundle_is_never_switched_to(
     assert snapshot(store.root) == before and link(store.root, ACTIVE) == f"bundles/{good}"
 
 
-@pytest.mark.parametrize("mode, code, active_after", [("accept", 0, "new"), ("refuse", 2, "old"), ("quiet", 0, "new")])
+def _wait_for_lines(path: Path, lines: int, seconds: float = 10.0) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if path.exists() and path.read_text().count("\n") >= lines:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize(
+    "mode, code, active_after",
+    [("accept", 0, "new"), ("refuse", 2, "old"), ("fail", 2, "old"), ("quiet", 0, "new")],
+)
 def test_the_daemons_verdict_is_awaited_and_a_refusal_rolled_back(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str, code: int, active_after: str
 ) -> None:
@@ -108,8 +120,9 @@ def test_the_daemons_verdict_is_awaited_and_a_refusal_rolled_back(
     pid_file, log, proc = start_daemon(tmp_path, mode)
     try:
         flags = ["--root", str(tmp_path / "root"), "--pid-file", str(pid_file)]
-        assert cli.main(["engines", "install", str(demo_bundle(tmp_path / "a")), "--activate", *flags]) == code
-        old = os.readlink(tmp_path / "root" / ACTIVE) if code == 0 else None
+        first = 0 if mode == "fail" else code  # "fail" fails the second reload only
+        assert cli.main(["engines", "install", str(demo_bundle(tmp_path / "a")), "--activate", *flags]) == first
+        old = os.readlink(tmp_path / "root" / ACTIVE) if first == 0 else None
         capsys.readouterr()
         doc = json.loads((demo_bundle(tmp_path / "b") / "manifest.json").read_text())
         doc["created"] = "second"
@@ -117,7 +130,12 @@ def test_the_daemons_verdict_is_awaited_and_a_refusal_rolled_back(
         before = snapshot(tmp_path / "root")
         assert cli.main(["engines", "install", str(tmp_path / "b" / "demo-good"), "--activate", *flags]) == code
         captured = capsys.readouterr()
-        if active_after == "old":
+        if mode == "fail":
+            assert "refused it (reload failed: camera gone); active switched back to" in captured.err
+            assert "daemon reloaded onto it" in captured.err  # it had restarted through the new link
+            assert _wait_for_lines(log, 3), "the daemon was not asked to reload onto the restored link"
+            assert os.readlink(tmp_path / "root" / ACTIVE) == old
+        elif active_after == "old":
             assert "refused it (reload refused: not a model); active switched back to" in captured.err
             # one line of the command's own (log records, at whatever level an earlier test set, aside)
             said = [line for line in captured.err.splitlines()

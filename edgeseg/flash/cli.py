@@ -142,8 +142,14 @@ def _switch_and_reload(store: EngineStore, cfg: EnginesConfig, switch: Switch) -
     if verdict.ok:
         print(f"engines: daemon (pid {notice.pid}) {verdict.message}")
         return EXIT_OK
-    back = "switched back to " + (switch.was_active or "no active bundle") if store.undo(switch) else (
+    undone = store.undo(switch)
+    back = "switched back to " + (switch.was_active or "no active bundle") if undone else (
         "left as it is (switched again meanwhile)")
+    if undone and verdict.message.startswith("reload failed"):
+        # A refused reload keeps the daemon's running bundle; a failed one restarted its previous
+        # configuration through the `active` link while it still named the new bundle: one more
+        # SIGHUP brings it onto the bundle the link names again.
+        back += f"; daemon reloaded onto it ({_reload(cfg).message})"
     raise BundleError(f"bundle {switch.active}: the daemon (pid {notice.pid}) refused it ({verdict.message}); "
                       f"active {back}")
 
