@@ -143,3 +143,36 @@ def test_a_file_size_limit_leaves_a_readable_video_and_counts_errors(tmp_path: P
     assert report["complete"] is True
     assert path.stat().st_size <= limit
     assert _readable_frames(path) == report["written"]
+
+
+# ------------------------------------------- a service reload never overwrites its last video
+
+
+def _one_frame(sink: Sink) -> None:
+    import numpy as np
+
+    from edgeseg.structures import Frame, FrameResult, Instances
+
+    frame = Frame(image=np.zeros((64, 64, 3), np.uint8), frame_id=0, source="test", timestamp=0.0, name="")
+    sink.write(FrameResult(frame=frame, instances=Instances.empty((64, 64), ()), model="m",
+                           resolution=(64, 64), latency_ms={}))
+
+
+@pytest.mark.parametrize(("append", "files"), [(True, 2), (False, 1)])
+def test_a_service_reload_starts_a_new_video_beside_the_last(tmp_path: Path, append: bool, files: int) -> None:
+    """An MP4 cannot be appended to: where the service asks sinks to append (reloads, restarts)
+    the video sink starts a new file next to the existing one; `edgeseg run` replaces it."""
+    from edgeseg.sinks import create_sink
+    from edgeseg.sinks.base import SinkOptions
+
+    spec = f"video:{tmp_path / 'clip.mp4'}"
+    for _ in range(2):
+        sink = create_sink(spec, SinkOptions(append=append))
+        _one_frame(sink)
+        sink.close()
+    made = sorted(p.name for p in tmp_path.glob("clip*.mp4"))
+    assert len(made) == files, made
+    for name in made:
+        capture = cv2.VideoCapture(str(tmp_path / name))
+        assert capture.read()[0], f"{name} is not readable"
+        capture.release()

@@ -18,6 +18,7 @@ from edgeseg.sinks.base import MaskFormat, Sink, SinkOptions
 from edgeseg.sinks.coco import CocoResultsSink
 from edgeseg.sinks.images import ImageDirSink
 from edgeseg.sinks.jsonl import JsonlSink
+from edgeseg.sinks.paths import unused_path
 from edgeseg.sinks.video import VideoSink, is_video_path
 from edgeseg.sources.uri import mask_credentials
 
@@ -40,8 +41,14 @@ class SinkKind:
 
 
 def _video_or_images(path: str, options: SinkOptions) -> Sink:
-    """``video:`` writes a video for a video extension, otherwise a directory of JPEGs."""
-    return VideoSink(path, fps=options.fps) if is_video_path(path) else ImageDirSink(path)
+    """``video:`` writes a video for a video extension, otherwise a directory of JPEGs.
+
+    A video cannot be appended to, so where the service asks for appending (reloads, restarts)
+    a new file is started beside an existing one rather than overwriting it (``unused_path``).
+    """
+    if not is_video_path(path):
+        return ImageDirSink(path)
+    return VideoSink(unused_path(path) if options.append else path, fps=options.fps)
 
 
 _KINDS: dict[str, SinkKind] = {

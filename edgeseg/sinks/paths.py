@@ -46,3 +46,27 @@ def prepare_directory(path: str | os.PathLike[str]) -> Path:
     if not os.access(target, os.W_OK):
         raise SinkError(f"output directory {name!r} is not writable")
     return target
+
+
+def unused_path(path: str | os.PathLike[str]) -> Path:
+    """``path``, or when a non-empty file is there, the same name with a UTC time (and a count)
+    before the suffix: ``clip.mp4`` -> ``clip.20261204T141500Z.mp4``.
+
+    For outputs that cannot be appended to (an MP4 needs its index at the end), where the service
+    asks sinks to append: a reload or restart starts a new file instead of overwriting the last.
+    """
+    import time  # noqa: PLC0415 - only this helper needs it
+
+    p = Path(path)
+    try:
+        taken = p.is_file() and p.stat().st_size > 0
+    except OSError:
+        return p  # prepare_file reports what is wrong with the path
+    if not taken:
+        return p
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for n in range(1, 1000):
+        candidate = p.with_name(f"{p.stem}.{stamp}{'' if n == 1 else f'-{n}'}{p.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise SinkError(f"{printable_name(str(p))}: no unused name left beside it for a new file")
