@@ -33,8 +33,9 @@ from trt_fakes import (
 
 from edgeseg.backends import tensorrt as trt_backend
 from edgeseg.backends.tensorrt import TensorRTBackend, tensorrt_version
-from edgeseg.backends.trt_build import build_engine, tensorrt_available, write_atomically
+from edgeseg.backends.trt_build import build_engine, tensorrt_available
 from edgeseg.bundle.device import DeviceInfo
+from edgeseg.durable import write_atomically
 from edgeseg.errors import BundleError, ExportError, ModelError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,10 +20,7 @@ record does not match its device (bundle/verify.py).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -32,6 +29,7 @@ from edgeseg.backends import trt_plan
 from edgeseg.backends.tensorrt import tensor_dims, tensorrt_version, trt_logger
 from edgeseg.bundle.device import builder_record, probe_device
 from edgeseg.bundle.manifest import BuilderRecord
+from edgeseg.durable import write_atomically  # plans and the timing cache, never half-written
 from edgeseg.errors import ExportError
 
 if TYPE_CHECKING:
@@ -47,26 +45,6 @@ PARSER_ERRORS_SHOWN: Final = 1
 def tensorrt_available() -> bool:
     """TensorRT can be imported here (an empty stub-only ``tensorrt`` package does not count)."""
     return tensorrt_version() is not None
-
-
-def write_atomically(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never half.
-
-    A temporary file beside the target, flushed to disk, then renamed over it: an interrupted
-    build leaves no truncated engine for the bundle writer to hash.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _network_flags(decisions: trt_plan.BuildDecisions) -> int:

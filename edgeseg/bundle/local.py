@@ -50,6 +50,7 @@ from edgeseg.bundle.manifest import (
     read_manifest_bytes,
 )
 from edgeseg.bundle.verify import file_problem, sha256_file
+from edgeseg.durable import fsync_dir
 from edgeseg.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -309,14 +310,6 @@ def overlay_lock(bundle_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
@@ -352,7 +345,7 @@ class OverlayStage:
                 os.fsync(fh.fileno())
             f.chmod(0o444)
         self.dir.chmod(0o755)  # mkdtemp made it 0700; the daemon may run as another user
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         target = self.bundle_dir / DEVICE_DIR
         old: Optional[Path] = None
         if target.exists() or target.is_symlink():
@@ -366,10 +359,10 @@ class OverlayStage:
                 shutil.rmtree(old, ignore_errors=True)
             raise
         self.committed = True
-        _fsync_dir(self.bundle_dir)
+        fsync_dir(self.bundle_dir)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(self.bundle_dir.parent)
+        fsync_dir(self.bundle_dir.parent)
 
 
 @contextlib.contextmanager

@@ -67,6 +67,7 @@ from edgeseg.bundle.local import is_device_path, overlay_problems
 from edgeseg.bundle.manifest import MANIFEST_NAME, EngineRecord, Manifest, parse_manifest
 from edgeseg.bundle.selftest import SelfTestResult, selftest_engine
 from edgeseg.bundle.verify import file_problem, partition_engines
+from edgeseg.durable import fsync_dir
 from edgeseg.errors import BundleError
 from edgeseg.flash.signature import SIGNATURE_NAME, signature_problem
 
@@ -387,14 +388,6 @@ class InstallResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _seal(tree: Path) -> None:
     """Flush a staged bundle to disk; files read-only, directories readable by the daemon's user."""
     for p in sorted(tree.rglob("*"), reverse=True):
@@ -404,9 +397,9 @@ def _seal(tree: Path) -> None:
             p.chmod(0o444)
         elif p.is_dir():
             p.chmod(0o755)
-            _fsync_dir(p)
+            fsync_dir(p)
     tree.chmod(0o755)  # mkdtemp made it 0700; the daemon may run as another user
-    _fsync_dir(tree)
+    fsync_dir(tree)
 
 
 def _remove_tree(path: Path) -> None:
@@ -566,7 +559,7 @@ class EngineStore:
         tmp.unlink(missing_ok=True)
         os.symlink(f"{BUNDLES_DIR}/{bid}", tmp)
         os.replace(tmp, self.root / link)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _journal(self, active: str | None, previous: str | None) -> None:
         """Record both links as they are, durably, before the first of the two switches."""
@@ -577,14 +570,14 @@ class EngineStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _set_links(self, active: str | None, previous: str | None) -> None:
         """Point (or unset) both links; ``previous`` first, so ``active`` is never left dangling."""
         for name, bid in ((PREVIOUS, previous), (ACTIVE, active)):
             if bid is None:
                 (self.root / name).unlink(missing_ok=True)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             elif self._link(name) != bid:
                 self._point(name, bid)
 
@@ -611,7 +604,7 @@ class EngineStore:
                               "set the active/previous links by hand and delete it")
         self._set_links(active, previous)
         path.unlink()
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         log.warning("engine root %s: repaired a switch a crash interrupted: active %s, previous %s",
                     self.root, active or "none", previous or "none")
 
@@ -653,7 +646,7 @@ class EngineStore:
         self._journal(old, prev)
         self._set_links(bid, new_prev)
         (self.root / JOURNAL_NAME).unlink()
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return Switch(bid, old, changed=True, was_previous=prev, loaded=loaded)
 
     def undo(self, switch: Switch) -> bool:
@@ -673,7 +666,7 @@ class EngineStore:
             self._journal(switch.active, self.previous_id())
             self._set_links(active, previous)
             (self.root / JOURNAL_NAME).unlink()
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             return True
 
     def _stage(self, src: Path, staging: Path) -> None:
@@ -765,7 +758,7 @@ class EngineStore:
                 else:
                     _seal(staging)
                     os.rename(staging, dest)
-                _fsync_dir(self.bundles_dir)
+                fsync_dir(self.bundles_dir)
             except OSError as exc:
                 raise BundleError(f"bundle {src}: not installed ({exc.strerror}: {exc.filename})") from None
             finally:
@@ -810,12 +803,12 @@ class EngineStore:
                         f"bundle {bid}: is the previous bundle, kept for rollback; not removed (--force removes it)"
                     )
                 (self.root / PREVIOUS).unlink()
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             trash = self.root / f"{TRASH_PREFIX}{bid}-{os.getpid()}"
             try:
                 os.rename(self.bundles_dir / bid, trash)
             except OSError as exc:
                 raise BundleError(f"bundle {bid}: not removed ({exc.strerror})") from None
             _remove_tree(trash)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             return bid
