@@ -82,7 +82,7 @@ test-py38 test-py310: test-py%: .venv-py%/.installed system-deps
 clean:
 	rm -rf $(VENV) .venv-py38 .venv-py310 out build *.egg-info typings
 
-# TensorRT type stubs for mypy (shared/TENSORRT.md §0), unpacked rather than installed: the wheel
+# TensorRT type stubs for mypy (docs/tensorrt.md, "Static checking"), unpacked rather than installed: the wheel
 # has no py.typed (so mypy would not use it), and installed it would make `import tensorrt`
 # succeed as an empty package and hide that TensorRT is absent. Two syntax errors of the 10.13
 # stubs (parameters named `in`, a non-default parameter after defaults) are patched, because mypy

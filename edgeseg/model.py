@@ -1,7 +1,7 @@
 """A model as the runtime sees it: a backend plus what is needed to feed and read it.
 
 ``load_model`` opens a network through a backend, checks that it follows the prototype-mask
-contract of DESIGN.md (one NCHW image input; a [1, 4 + nc + k, N] prediction output and a
+contract of docs/architecture.md (one NCHW image input; a [1, 4 + nc + k, N] prediction output and a
 [1, k, H/4, W/4] prototype output), reads the class names, stride and normalisation from its
 metadata, and fixes the input resolution (the model's own when static, the requested one when
 dynamic). Anything that does not fit is refused here, with one line, before a frame is read.

@@ -2,7 +2,7 @@
 
 INT8 ranges are only as good as the tensors they were measured on: calibration preprocessing
 that differs from inference (a missing ``/255``, BGR instead of RGB, a stretch instead of a
-letterbox) is the classic cause of an INT8 model that detects nothing (TENSORRT.md section 5).
+letterbox) is the classic cause of an INT8 model that detects nothing (NVIDIA/TensorRT issues 1564 and 2036).
 So the reader below makes every tensor with ``edgeseg.preprocess.Preprocessor``, the runtime's
 own letterbox and normalisation, at the model's static input size and with the normalisation its
 metadata declares.

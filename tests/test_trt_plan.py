@@ -82,7 +82,7 @@ CAPABILITIES = [
     "has_int64_tensors",
     "shares_profiles_between_contexts",
 ]
-# One row per release, values in CAPABILITIES order (shared/TENSORRT.md §1, §2).
+# One row per release, values in CAPABILITIES order (docs/tensorrt.md, "Versions and what each release offers").
 CAPABILITY_TABLE = {
     #            name  v3    bind  EXPB  prec  calib dep.  pool  hwc   ST    pref  ST11  i64   share
     "8.4.3": (False, False, True, True, True, True, False, True, False, False, False, False, False, False),

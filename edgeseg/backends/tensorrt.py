@@ -5,7 +5,7 @@ costs nothing and a machine without them gets a one-line ``BundleError`` instead
 Every decision that needs no GPU (versions, shapes, sizes, context counts) is made by
 ``edgeseg.backends.trt_plan`` and tested there; this module only carries it out.
 
-Threads and CUDA (shared/TENSORRT.md §3). pycuda keeps a context stack per thread, while the
+Threads and CUDA (docs/tensorrt.md, "pycuda"). pycuda keeps a context stack per thread, while the
 pipeline calls ``infer`` from several worker threads. The backend therefore owns ONE context, the
 device's primary context (the one TensorRT's CUDA runtime calls use, so pycuda memory and
 TensorRT agree), and every call from any thread pushes it and pops it in ``finally``. Concurrent

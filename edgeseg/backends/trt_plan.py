@@ -3,7 +3,7 @@
 Plain Python and numpy, so that every decision is tested on machines without a GPU. The two
 modules that do call TensorRT (``edgeseg.backends.tensorrt`` at run time, ``edgeseg.backends.trt_build``
 at build time) only carry out what this module decides, which keeps their untestable part small.
-The version facts are those of NVIDIA's Python bindings per release (shared/TENSORRT.md): 8.5
+The version facts are those of NVIDIA's Python bindings per release (docs/tensorrt.md): 8.5
 (JetPack 5.1), 8.6 (JetPack 6.0), 10.x (JetPack 6.1/6.2, desktops) and 11.x (desktops).
 
 Functions here raise ``ValueError`` with a complete sentence; callers add the file name and turn
@@ -339,7 +339,7 @@ def plan_buffers(
         profiles: input name -> profile shapes of the profile the context uses.
         resolved: output name -> ``context.get_tensor_shape(name)`` after the input shapes were
             set. Only TensorRT knows how output shapes follow input shapes, so the runtime asks it
-            (sizing from the engine's ``-1`` shapes would be wrong, see TENSORRT.md §2).
+            (sizing from the engine's ``-1`` shapes would be wrong, see docs/tensorrt.md, "Running").
     """
     names = [s.name for s in specs]
     if len(set(names)) != len(names):

@@ -8,7 +8,7 @@
 An instance mask is sigmoid(coefficients . prototypes), cropped to its box, as in YOLACT.
 
 Output layout. ``EdgeSeg.predict`` (the export mode; ``ExportModule`` wraps it for
-``torch.onnx.export``) returns EXACTLY the yolov8-seg layout of DESIGN.md, so the runtime's one
+``torch.onnx.export``) returns EXACTLY the yolov8-seg layout of docs/architecture.md, so the runtime's one
 decoder (``edgeseg.decode.prototype``) serves both families with no parameter of its own:
 
 * ``output0`` [B, 4 + nc + k, N]: cx, cy, w, h in input pixels, nc class scores after a
