@@ -46,7 +46,7 @@ from edgeseg.service.controls import DaemonControls
 from edgeseg.service.logs import configure_service_logging
 from edgeseg.service.notify import Notifier, watchdog_interval_s
 from edgeseg.service.stats import snapshot, status_line
-from edgeseg.sinks import create_sink
+from edgeseg.sinks import create_sink, sink_kind
 from edgeseg.sinks.base import Sink
 from edgeseg.sinks.coco import SERVE_REFUSAL as COCO_SERVE_REFUSAL
 from edgeseg.sources import open_source
@@ -100,8 +100,8 @@ class _Active:
 def check_serve_sinks(config: Config) -> None:
     """Refuse ``coco:`` outputs under ``serve`` in one line (see ``edgeseg.sinks.coco``)."""
     for spec in config.output.sinks:
-        if spec.partition(":")[0] == "coco":
-            raise SinkError(f"output.sinks {spec!r}: refused under serve: {COCO_SERVE_REFUSAL}")
+        if sink_kind(spec) == "coco":
+            raise SinkError(f"output.sinks {mask_credentials(spec)!r}: refused under serve: {COCO_SERVE_REFUSAL}")
 
 
 def _open_runtime(config: Config, model: Model) -> Runtime:

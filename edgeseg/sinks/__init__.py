@@ -116,6 +116,15 @@ def _kind_of_uri(spec: str) -> str | None:
     return next((kind for kind in sink_kinds() if scheme in _KINDS[kind].schemes), None)
 
 
+def sink_kind(spec: str) -> str | None:
+    """The registered kind ``spec`` names (by URI scheme or ``KIND:``), None when it names none."""
+    by_uri = _kind_of_uri(spec)
+    if by_uri is not None:
+        return by_uri
+    kind, separator, _path = spec.partition(SPEC_SEPARATOR)
+    return kind if separator and kind in _KINDS else None
+
+
 def create_sink(spec: str, options: SinkOptions = DEFAULT_OPTIONS) -> Sink:
     """Build the sink that ``spec`` (``KIND:PATH``, or a URI of a registered scheme) names.
 
@@ -150,6 +159,7 @@ __all__ = [
     "describe_sinks",
     "is_video_path",
     "register_sink",
+    "sink_kind",
     "sink_kinds",
     "sink_usage",
 ]
