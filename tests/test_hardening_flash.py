@@ -447,3 +447,124 @@ def test_install_from_an_impossible_path_is_one_line(tmp_path: Path, name: str, 
     with pytest.raises(BundleError) as err:
         store.install(tmp_path / name)
     assert said in str(err.value) and "\n" not in str(err.value)
+
+
+# -- one reader of manifest.json (issue 12) ---------------------------------------------------
+
+
+def _not_utf8(raw: bytes) -> bytes:
+    return b"\xff\xfe" + raw
+
+
+def _invalid_json(raw: bytes) -> bytes:
+    return b'{"name": "det", '
+
+
+def _unknown_key(raw: bytes) -> bytes:
+    doc = json.loads(raw)
+    doc["colour"] = "red"
+    return json.dumps(doc).encode()
+
+
+#: (damage, what it does to the manifest's bytes (None: a link to an intact copy), the reason).
+MANIFEST_DAMAGES: List[tuple[str, Optional[Callable[[bytes], bytes]], str]] = [
+    ("not-utf8", _not_utf8, "manifest.json: not UTF-8 text (byte 0xff at offset 0)"),
+    ("symlink", None, "manifest.json: a symbolic link; a bundle holds regular files only (a link can lead out of it)"),
+    ("invalid-json", _invalid_json, "manifest.json: not valid JSON (line 1: Expecting property name enclosed in "
+                                    "double quotes)"),
+    ("unknown-key", _unknown_key, "manifest.json: field 'colour': unknown key"),
+    ("nested-too-deeply", lambda raw: b"[" * 200_000, "manifest.json: not valid JSON (nested too deeply)"),
+]
+
+
+def _damage(bundle: Path, change: Optional[Callable[[bytes], bytes]]) -> None:
+    """Damage ``bundle/manifest.json`` in place (an installed one is read-only: replaced)."""
+    manifest = bundle / "manifest.json"
+    raw = manifest.read_bytes()
+    manifest.unlink()
+    if change is None:  # the link leads to the very same, intact manifest: refused all the same
+        intact = bundle.parent / f"{bundle.name}.manifest.json"
+        intact.write_bytes(raw)
+        os.symlink(intact, manifest)
+    else:
+        manifest.write_bytes(change(raw))
+
+
+def _reason(said: str) -> str:
+    """The reason in a command's one line: from ``manifest.json: `` on (the context before it differs)."""
+    assert said.count("manifest.json: ") == 1, said
+    return said[said.index("manifest.json: "):]
+
+
+@pytest.mark.parametrize("change, expected", [r[1:] for r in MANIFEST_DAMAGES], ids=[r[0] for r in MANIFEST_DAMAGES])
+def test_every_command_refuses_a_damaged_manifest_for_the_same_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    change: Optional[Callable[[bytes], bytes]], expected: str,
+) -> None:
+    """install, verify (a directory, an installed bundle), list, activate, rollback, build (a
+    directory, an installed bundle, the service's first start), sign and the runtime all read the
+    manifest through ``read_manifest``: the same damage is one line with the same reason in each."""
+    from edgeseg.bundle.device import DeviceInfo
+    from edgeseg.bundle.local import load_merged_manifest
+    from edgeseg.bundle.manifest import read_manifest
+    from edgeseg.flash import cli as engines_cli
+    from edgeseg.flash.build import build_for_service
+    from edgeseg.flash.signature import generate_keypair
+
+    orin = DeviceInfo(tensorrt="10.3.0.30", onnxruntime="1.18.0", gpu="Orin", compute_capability=(8, 7))
+    monkeypatch.setattr(engines_cli, "_device_facts", lambda: (orin, None))
+    store = store_for(tmp_path)
+    victim = store.install(make_bundle(tmp_path / "src", seed="victim"), activate=True).bundle_id
+    store.install(make_bundle(tmp_path / "src", seed="base"), activate=True)  # the victim is previous
+    _damage(store.bundles_dir / victim, change)
+    source = make_bundle(tmp_path / "src", seed="source")
+    _damage(source, change)
+    private, _ = generate_keypair(tmp_path / "keys")
+    flags = ["--root", str(store.root), "--pid-file", str(tmp_path / "none.pid")]
+    before = snapshot(store.root)
+
+    said = {}
+    for command, argv, code in [
+        ("install", ["install", str(source), "--activate"], 2),
+        ("activate", ["activate", victim], 2),
+        ("rollback", ["rollback"], 2),
+        ("build-dir", ["build", str(source)], 2),
+        ("build-installed", ["build", victim], 2),
+        ("sign", ["sign", str(source), "--key", str(private)], 2),
+        ("verify-dir", ["verify", str(source)], 1),
+        ("verify-installed", ["verify", victim], 1),
+        ("list", ["list"], 0),
+    ]:
+        assert cli.main(["engines", *argv, *([] if command == "sign" else flags)]) == code, command
+        out, err = capsys.readouterr()
+        lines = [line for line in (out + err).splitlines() if "manifest.json: " in line]
+        assert len(lines) == 1, (command, out, err)
+        said[command] = lines[0]
+    for command, call in [("runtime", lambda: load_merged_manifest(store.bundles_dir / victim)),
+                          ("build-on-start", lambda: build_for_service(source, orin, None, ["fp16"])),
+                          ("reader", lambda: read_manifest(source))]:
+        with pytest.raises(BundleError) as info:
+            call()
+        said[command] = str(info.value)
+
+    assert {command: _reason(line) for command, line in said.items()} == {command: expected for command in said}
+    assert all("\n" not in line for line in said.values())
+    assert said["install"] == f"edgeseg: bundle {source}: refused: {expected}"
+    assert said["list"].endswith(f"{victim}  DAMAGED: {expected}")
+    assert said["sign"] == f"edgeseg: bundle {source}: not signed: {expected}"
+    assert snapshot(store.root) == before and link(store.root, PREVIOUS) == f"bundles/{victim}"
+    assert not (source / SIGNATURE_NAME).exists() and not (source / "device").exists()
+
+
+@pytest.mark.skipif(not hasattr(sys, "get_int_max_str_digits"), reason="no int digit limit in this Python")
+def test_a_number_too_long_to_convert_is_one_line(tmp_path: Path) -> None:
+    """Python's int digit limit raises a ValueError that is not a JSONDecodeError: still one line."""
+    from edgeseg.bundle.manifest import read_manifest
+
+    d = make_bundle(tmp_path, edit=lambda doc: doc.update(created=0))
+    text = (d / "manifest.json").read_text()
+    (d / "manifest.json").write_text(text.replace('"created": 0', '"created": ' + "9" * 5000))
+    with pytest.raises(BundleError) as info:
+        read_manifest(d)
+    assert str(info.value).startswith("manifest.json: not valid JSON (Exceeds the limit (4300")
+    assert "\n" not in str(info.value) and "9999" not in str(info.value)

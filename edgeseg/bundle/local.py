@@ -39,19 +39,19 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final, List, Literal, Optional, Set, Tuple
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from edgeseg.bundle.manifest import (
     MANIFEST_NAME,
     EngineRecord,
     Manifest,
-    parse_manifest,
     parse_record,
-    read_manifest_bytes,
+    read_manifest,
 )
 from edgeseg.bundle.verify import file_problem, sha256_file
 from edgeseg.durable import fsync_dir
 from edgeseg.errors import BundleError
+from edgeseg.strict import StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +81,14 @@ def manifest_digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BuiltFrom(_Strict):
+class BuiltFrom(StrictModel):
     """The bundle file a plan was built from, as the signed manifest describes it."""
 
     file: str = Field(min_length=1, description="the bundle's ONNX file")
     sha256: str = Field(pattern=_HEX64)
 
 
-class DevicePlan(_Strict):
+class DevicePlan(StrictModel):
     """One plan the device built: its engine record (as a signed one), and what it came from."""
 
     engine: EngineRecord
@@ -106,7 +102,7 @@ class DevicePlan(_Strict):
         return max(self.engine.resolution), self.engine.precision
 
 
-class DeviceManifest(_Strict):
+class DeviceManifest(StrictModel):
     """``<bundle>/device/manifest.json``."""
 
     format: Literal["edgeseg-device-plans"] = DEVICE_FORMAT
@@ -235,14 +231,12 @@ def _warn_once(bundle_dir: Path, message: str) -> None:
 
 
 def read_signed(bundle_dir: Path) -> Tuple[Manifest, bytes]:
-    """The signed manifest and its bytes; BundleError as ``load_manifest``."""
-    path = bundle_dir / MANIFEST_NAME
-    raw = read_manifest_bytes(bundle_dir)
+    """The signed manifest and its bytes, read as every command reads them (``read_manifest``:
+    no link, UTF-8, valid); BundleError naming the bundle, as ``load_manifest``."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BundleError(f"{path}: not UTF-8 text") from None
-    return parse_manifest(text, str(path)), raw
+        return read_manifest(bundle_dir)
+    except BundleError as exc:
+        raise BundleError(f"bundle {bundle_dir}: {exc}") from None
 
 
 def merge(manifest: Manifest, overlay: Optional[DeviceManifest]) -> Manifest:

@@ -9,13 +9,15 @@ nothing else. Unknown keys are refused, as in the configuration: the format is v
 
 from __future__ import annotations
 
+import errno
 import json
-from pathlib import Path
+import os
+import stat
+from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Final, List, Literal, Optional, Tuple, TypeVar
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
     ValidationError,
@@ -25,6 +27,7 @@ from pydantic import (
 
 from edgeseg.config.errors import describe_validation_error
 from edgeseg.errors import BundleError
+from edgeseg.strict import StrictModel
 
 MANIFEST_NAME: Final = "manifest.json"
 BUNDLE_FORMAT: Final = "edgeseg-bundle"
@@ -37,11 +40,7 @@ Runtime = Literal["onnxruntime", "tensorrt"]
 Quantization = Literal["qdq-symmetric", "qoperator"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NormalizationRecord(_Strict):
+class NormalizationRecord(StrictModel):
     scale: float = 1.0 / 255.0
     mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -49,7 +48,7 @@ class NormalizationRecord(_Strict):
     pad_value: int = Field(114, ge=0, le=255)
 
 
-class ModelRecord(_Strict):
+class ModelRecord(StrictModel):
     """What every engine of the bundle computes (one decoder contract)."""
 
     family: Literal["yolov8-seg", "edgeseg"]
@@ -61,7 +60,7 @@ class ModelRecord(_Strict):
     source_sha256: str = ""
 
 
-class BuilderRecord(_Strict):
+class BuilderRecord(StrictModel):
     """What produced an engine; a TensorRT plan only runs where these match.
 
     Identity is the TensorRT version, the compute capability, the SM count and the Jetson board
@@ -87,13 +86,13 @@ class BuilderRecord(_Strict):
         return doc
 
 
-class LatencyRecord(_Strict):
+class LatencyRecord(StrictModel):
     median_ms: float = Field(ge=0)
     p90_ms: float = Field(ge=0)
     device: str = Field(description="where it was measured, e.g. 'CPU x86_64, 2 threads' or 'Orin'")
 
 
-class AccuracyRecord(_Strict):
+class AccuracyRecord(StrictModel):
     box_map: float = Field(ge=0, le=1)
     box_map50: float = Field(ge=0, le=1)
     mask_map: float = Field(ge=0, le=1)
@@ -102,7 +101,7 @@ class AccuracyRecord(_Strict):
     images: int = Field(ge=1)
 
 
-class EngineRecord(_Strict):
+class EngineRecord(StrictModel):
     """One file of the bundle that a backend can load."""
 
     file: str = Field(min_length=1)
@@ -120,7 +119,7 @@ class EngineRecord(_Strict):
         return self.builder.runtime
 
 
-class SelfTestRecord(_Strict):
+class SelfTestRecord(StrictModel):
     """Where a bundle keeps the reference of its engine self-test (``edgeseg.bundle.selftest``).
 
     The reference holds the instances the fp32 ONNX decoded through ONNX Runtime on a few
@@ -134,7 +133,7 @@ class SelfTestRecord(_Strict):
     resolutions: List[int] = Field(min_length=1, description="input sizes the reference covers")
 
 
-class Manifest(_Strict):
+class Manifest(StrictModel):
     format: Literal["edgeseg-bundle"] = BUNDLE_FORMAT
     version: Literal[1] = BUNDLE_VERSION
     name: str = Field(min_length=1)
@@ -179,6 +178,10 @@ def parse_record(text: str, model: type[_Record], origin: str) -> _Record:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BundleError(f"{origin}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:  # "[[[[..." deeper than the parser recurses
+        raise BundleError(f"{origin}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # a number too long to convert (the int digit limit since 3.8.14/3.11)
+        raise BundleError(f"{origin}: not valid JSON ({' '.join(str(exc).split(';')[0].split())[:120]})") from None
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
@@ -190,27 +193,100 @@ def parse_manifest(text: str, origin: str) -> Manifest:
     return parse_record(text, Manifest, origin)
 
 
-def read_manifest_bytes(bundle_dir: str | Path) -> bytes:
-    """The bytes of ``bundle_dir/manifest.json`` (what a signature and a bundle id cover)."""
-    path = Path(bundle_dir) / MANIFEST_NAME
+# -- reading a bundle's files: never through a symbolic link -----------------------------------
+#
+# These live beside the manifest because the manifest is the first file every reader opens; the
+# engine store (edgeseg.flash.store) opens the files the manifest lists with the same function.
+
+
+def link_refusal(name: str) -> str:
+    """The one-line refusal of a link at ``name`` (relative to the bundle; its target unsaid)."""
+    return f"{name}: a symbolic link; a bundle holds regular files only (a link can lead out of it)"
+
+
+def link_on_the_way(root: Path, parts: Tuple[str, ...]) -> bool:
+    """Whether ``root/parts[0]/.../parts[-1]``, or a directory on the way, is a symbolic link."""
+    p = root
+    for part in parts:
+        p = p / part
+        if p.is_symlink():
+            return True
+    return False
+
+
+def open_in_bundle(root: Path, name: str) -> Optional[int]:
+    """A read-only descriptor of the regular file ``root/name``; None when there is none (absent,
+    or a directory, a device, a FIFO in its place).
+
+    Each component is opened relative to the one before with ``O_NOFOLLOW``, so neither the
+    file nor a directory on the way may be a symbolic link, and a link swapped in between a
+    check and the open cannot lead out either. A link raises BundleError naming only ``name``.
+    All links are refused, also those that stay inside: a bundle is what ``export`` writes
+    (regular files), an installed bundle holds copies anyway, and judging where a link leads
+    means resolving it, which is the very thing that leaks. Any other failure (permission, I/O)
+    is raised as the OSError it is, for the caller to say in its own words. ``root`` itself is
+    opened as given: it is the path the user named.
+    """
+    parts = PurePosixPath(name).parts
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise BundleError(f"{bundle_dir}: not an engine bundle (no {MANIFEST_NAME})") from None
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
-        raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None
+        raise
+    try:
+        for part in parts[:-1]:
+            step = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = step
+        leaf = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) or (
+            exc.errno == errno.ENOTDIR and link_on_the_way(root, parts)
+        ):
+            raise BundleError(link_refusal(name)) from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None
+        raise
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(leaf).st_mode):
+        os.close(leaf)
+        return None
+    return leaf
+
+
+def read_manifest(bundle_dir: str | Path) -> Tuple[Manifest, bytes]:
+    """The bundle's manifest and its exact bytes (what a signature and a bundle id cover).
+
+    The one reader of ``manifest.json``: every command of ``edgeseg engines`` and the runtime
+    read it here, so a manifest is refused for the same reason in the same words by each. The
+    file is opened without following links (``open_in_bundle``), must be UTF-8 and valid.
+    BundleError in one line naming ``manifest.json`` (relative: callers say which bundle, and a
+    staging directory's name means nothing to the user).
+    """
+    try:
+        fd = open_in_bundle(Path(bundle_dir), MANIFEST_NAME)
+        if fd is None:
+            raise BundleError(f"not an engine bundle (no {MANIFEST_NAME})")
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise BundleError(f"{MANIFEST_NAME}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = f"byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+        raise BundleError(f"{MANIFEST_NAME}: not UTF-8 text ({bad})") from None
+    return parse_manifest(text, MANIFEST_NAME), raw
 
 
 def load_manifest(bundle_dir: str | Path) -> Manifest:
-    """Read ``bundle_dir/manifest.json``; BundleError when missing, unreadable or invalid."""
-    path = Path(bundle_dir) / MANIFEST_NAME
+    """The manifest of ``bundle_dir`` (``read_manifest``); BundleError naming the bundle."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BundleError(f"{bundle_dir}: not an engine bundle (no {MANIFEST_NAME})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: cannot read ({exc})") from None
-    return parse_manifest(text, str(path))
+        return read_manifest(bundle_dir)[0]
+    except BundleError as exc:
+        raise BundleError(f"bundle {bundle_dir}: {exc}") from None
 
 
 def is_bundle(path: str | Path) -> bool:

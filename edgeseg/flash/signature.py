@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from edgeseg.bundle.manifest import MANIFEST_NAME, parse_manifest, read_manifest_bytes
+from edgeseg.bundle.manifest import MANIFEST_NAME, link_refusal, read_manifest
 from edgeseg.bundle.verify import integrity_problems
 from edgeseg.errors import BundleError
 
@@ -131,17 +131,15 @@ def sign_bundle(bundle_dir: str | Path, private_key: str | Path) -> Path:
     """Sign ``bundle_dir/manifest.json`` in place; refused when a file does not match the manifest."""
     d = Path(bundle_dir)
     key = load_private_key(private_key)
-    manifest_path = d / MANIFEST_NAME
     from edgeseg.flash.store import linked_names  # lazy: the store imports this module
 
-    links = linked_names(d, [MANIFEST_NAME])
-    if not links:
-        manifest_bytes = read_manifest_bytes(d)
-        manifest = parse_manifest(manifest_bytes.decode("utf-8", errors="replace"), str(manifest_path))
-        links = linked_names(d, [e.file for e in manifest.engines] + list(manifest.extra_files))
+    try:
+        manifest, manifest_bytes = read_manifest(d)  # the exact bytes signed, read as every command reads them
+    except BundleError as exc:
+        raise BundleError(f"bundle {d}: not signed: {exc}") from None
+    links = linked_names(d, [e.file for e in manifest.engines] + list(manifest.extra_files))
     if links:  # a signature would vouch for whatever the link points to when the bundle is read
-        raise BundleError(f"bundle {d}: not signed, a bundle holds regular files only: "
-                          f"{', '.join(links)}: symbolic link")
+        raise BundleError(f"bundle {d}: not signed: {'; '.join(link_refusal(n) for n in links)}")
     problems = integrity_problems(d, manifest)
     if problems:
         raise BundleError(f"bundle {d}: not signed, its files do not match the manifest: {'; '.join(problems)}")

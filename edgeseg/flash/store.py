@@ -47,7 +47,6 @@ default ``selftest_engine``; None skips the self-test).
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -55,7 +54,6 @@ import logging
 import os
 import re
 import shutil
-import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -64,7 +62,15 @@ from typing import Callable, Final, Optional
 
 from edgeseg.bundle.device import DeviceInfo, probe_device
 from edgeseg.bundle.local import is_device_path, overlay_problems
-from edgeseg.bundle.manifest import MANIFEST_NAME, EngineRecord, Manifest, parse_manifest
+from edgeseg.bundle.manifest import (
+    MANIFEST_NAME,
+    EngineRecord,
+    Manifest,
+    link_on_the_way,
+    link_refusal,
+    open_in_bundle,
+    read_manifest,
+)
 from edgeseg.bundle.selftest import SelfTestResult, selftest_engine
 from edgeseg.bundle.verify import file_problem, partition_engines
 from edgeseg.durable import fsync_dir
@@ -157,68 +163,10 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
-
-def _link_text(name: str) -> str:
-    return f"{name}: a symbolic link; a bundle holds regular files only (a link can lead out of it)"
-
-
-def _open_in_bundle(root: Path, name: str) -> int | None:
-    """A read-only descriptor of the regular file ``root/name``, None when there is none.
-
-    Each component is opened relative to the one before with ``O_NOFOLLOW``, so neither the
-    file nor a directory on the way may be a symbolic link, and a link swapped in between a
-    check and the open cannot lead out either. A link raises BundleError naming only ``name``.
-    All links are refused, also those that stay inside: a bundle is what ``export`` writes
-    (regular files), an installed bundle holds copies anyway, and judging where a link leads
-    means resolving it, which is the very thing that leaks.
-    """
-    parts = PurePosixPath(name).parts
-    try:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return None
-    try:
-        for part in parts[:-1]:
-            step = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = step
-        leaf = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK) or (
-            exc.errno == errno.ENOTDIR and _is_link_on_the_way(root, parts)
-        ):
-            raise BundleError(_link_text(name)) from None
-        return None  # missing (ENOENT, ENOTDIR), unreadable: judged later as missing
-    finally:
-        os.close(fd)
-    if not stat.S_ISREG(os.fstat(leaf).st_mode):
-        os.close(leaf)
-        return None
-    return leaf
-
-
-def _is_link_on_the_way(root: Path, parts: tuple[str, ...]) -> bool:
-    p = root
-    for part in parts:
-        p = p / part
-        if p.is_symlink():
-            return True
-    return False
-
-
-def _read_in_bundle(root: Path, name: str) -> bytes | None:
-    """The bytes of the regular file ``root/name`` (never through a link), None when absent."""
-    fd = _open_in_bundle(root, name)
-    if fd is None:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
-
-
 def linked_names(root: Path, names: list[str]) -> list[str]:
     """The names of ``names`` that are, or pass through, a symbolic link under ``root``."""
     inside = [n for n in names if n in _RESERVED or _name_problem(n) is None]  # others are refused by name
-    return [n for n in inside if _is_link_on_the_way(root, PurePosixPath(n).parts)]
+    return [n for n in inside if link_on_the_way(root, PurePosixPath(n).parts)]
 
 
 def _listed_files(manifest: Manifest) -> list[str]:
@@ -271,7 +219,7 @@ def inspect_bundle(
 ) -> Inspection:
     """Every check on one bundle directory: manifest, signature, every file, this device.
 
-    - the manifest parses and its name can name a directory;
+    - the manifest reads (``read_manifest``: no link, UTF-8, valid) and its name can name a directory;
     - with ``public_key``: ``manifest.json.sig`` exists and verifies over the manifest's bytes;
     - every listed file stays inside the bundle, exists, and has the manifest's size and sha256;
     - ``exact_files``: no file besides those (installed bundles hold nothing unverified), except
@@ -285,19 +233,9 @@ def inspect_bundle(
     """
     d = Path(path)
     try:
-        raw = _read_in_bundle(d, MANIFEST_NAME)
+        manifest, raw = read_manifest(d)
     except BundleError as exc:
         return Inspection(d, problems=(str(exc),))
-    except OSError as exc:
-        return Inspection(d, problems=(f"{MANIFEST_NAME}: cannot read ({exc.strerror})",))
-    if raw is None:
-        return Inspection(d, problems=(f"not an engine bundle (no {MANIFEST_NAME})",))
-    try:
-        manifest = parse_manifest(raw.decode("utf-8"), MANIFEST_NAME)
-    except UnicodeDecodeError:
-        return Inspection(d, manifest_bytes=raw, problems=(f"{MANIFEST_NAME}: not UTF-8 text",))
-    except BundleError as exc:
-        return Inspection(d, manifest_bytes=raw, problems=(str(exc),))
 
     problems: list[str] = []
     if not _NAME_RE.match(manifest.name):
@@ -307,7 +245,7 @@ def inspect_bundle(
         )
     # Links first, and never followed: what a link points to (its size, its hash) stays unsaid.
     linked = set(linked_names(d, [SIGNATURE_NAME, *_listed_files(manifest)]))
-    problems += [_link_text(n) for n in [SIGNATURE_NAME, *_listed_files(manifest)] if n in linked]
+    problems += [link_refusal(n) for n in [SIGNATURE_NAME, *_listed_files(manifest)] if n in linked]
     signed = SIGNATURE_NAME not in linked and (d / SIGNATURE_NAME).is_file()
     if public_key is not None and SIGNATURE_NAME not in linked:
         sig = signature_problem(d, raw, public_key)
@@ -466,9 +404,7 @@ class EngineStore:
             manifest: Manifest | None = None
             error: str | None = None
             try:
-                manifest = parse_manifest((path / MANIFEST_NAME).read_text(encoding="utf-8"), MANIFEST_NAME)
-            except (OSError, UnicodeDecodeError) as exc:
-                error = f"{MANIFEST_NAME}: cannot read ({exc})"
+                manifest = read_manifest(path)[0]
             except BundleError as exc:
                 error = str(exc)
             out.append(InstalledBundle(bid, path, manifest, error, bid == active, bid == previous))
@@ -674,19 +610,15 @@ class EngineStore:
 
         Only what would make copying itself unsafe or pointless is refused here; everything
         else is judged on the staged copy. Every file is opened without following links
-        (``_open_in_bundle``): a link is refused by name, and nothing about what it points to
-        (its size, its hash, whether it exists) reaches a message.
+        (``open_in_bundle``): a link is refused by name, and nothing about what it points to
+        (its size, its hash, whether it exists) reaches a message. The manifest is read as every
+        command reads it (``read_manifest``), and its bytes are copied as read.
         """
-        raw = _read_in_bundle(src, MANIFEST_NAME)
-        if raw is None:
-            raise BundleError(f"bundle {src}: refused: not an engine bundle (no {MANIFEST_NAME})")
-        (staging / MANIFEST_NAME).write_bytes(raw)
         try:
-            manifest = parse_manifest(raw.decode("utf-8"), MANIFEST_NAME)
-        except UnicodeDecodeError:
-            raise BundleError(f"bundle {src}: refused: {MANIFEST_NAME}: not UTF-8 text") from None
+            manifest, raw = read_manifest(src)
         except BundleError as exc:
             raise BundleError(f"bundle {src}: refused: {exc}") from None
+        (staging / MANIFEST_NAME).write_bytes(raw)
         names = _listed_files(manifest)
         bad = [p for p in (_name_problem(n) for n in names) if p]
         if bad:
@@ -699,9 +631,11 @@ class EngineStore:
             )
         for name in [SIGNATURE_NAME, *names]:
             try:
-                fd = _open_in_bundle(src, name)
+                fd = open_in_bundle(src, name)
             except BundleError as exc:
                 raise BundleError(f"bundle {src}: refused: {exc}") from None
+            except OSError:  # unreadable: left out, and judged on the staged copy as missing
+                fd = None
             if fd is None:  # missing, a directory or a device: reported as missing (or unsigned)
                 continue
             target = staging / name
