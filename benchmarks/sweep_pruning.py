@@ -1,4 +1,9 @@
-"""Pruning sweep: what network slimming buys and costs, ratio by ratio (DESIGN.md's published table).
+"""Pruning sweep: what network slimming buys and costs, ratio by ratio, next to the published figures.
+
+The published figures (``PUBLISHED``) are those of network slimming (Liu et al., "Learning Efficient
+Convolutional Networks through Network Slimming", ICCV 2017) applied to YOLACT (Bolya et al., "YOLACT:
+Real-time Instance Segmentation", ICCV 2019) with a ResNet-101 backbone on COCO, timed on a GTX 1080 Ti:
+50% of channels pruned, then BN folded (also quoted in docs/architecture.md).
 
 For each global channel ratio (0 to 70% by default) the sparsity-trained model is pruned (its BN
 statistics re-estimated on training images), then fine-tuned twice for the same number of steps,
@@ -54,7 +59,8 @@ WARMUP_RUNS = 5
 LATENCY_ROUNDS = 40
 #: Marks a finished fine-tuning run in its folder.
 FINISHED = "finished"
-#: DESIGN.md's published figures (YOLACT ResNet-101, COCO, 1080Ti): pruning 50% + BN fold.
+#: The published figures (network slimming on YOLACT ResNet-101, COCO, 1080 Ti; see the module
+#: docstring): pruning 50% + BN fold, (before, after).
 PUBLISHED = {"size_mb": (195.0, 84.0), "fps": (28.2, 36.1), "mask_map": (30.62, 28.42)}
 
 

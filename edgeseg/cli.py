@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from edgeseg import __version__
 from edgeseg.config import Config, load_config
+from edgeseg.config.command import add_config_parser
 from edgeseg.config.schema import ModelConfig, PipelineConfig, PostprocessConfig
 from edgeseg.errors import EdgesegError, ExportError
 from edgeseg.sinks.base import Sink
@@ -385,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeseg.doctor import add_doctor_parser
 
     add_doctor_parser(sub)
+    add_config_parser(sub)
     _add_export_stage_parsers(sub)
 
     ex = sub.add_parser("export", help="build an engine bundle from an ONNX model (needs edgeseg[export])")

@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from edgeseg.bundle.selftest import SELFTEST_IMAGES
 from edgeseg.errors import ExportError
+from edgeseg.strict import StrictModel
 from export.pipeline import ExportOptions, parse_precisions, parse_resolutions
 
 
-class ExportRecipe(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ExportRecipe(StrictModel):
     version: int = Field(1, ge=1, le=1, description="recipe format version")
     model: str = Field(description="source ONNX model")
     out: str = Field(description="bundle directory to write, e.g. engines/NAME")

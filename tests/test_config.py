@@ -78,9 +78,14 @@ def test_missing_file() -> None:
 
 
 def test_example_config_is_valid() -> None:
-    example = Path(__file__).resolve().parents[1] / "configs" / "example.yaml"
-    config = load_config(example)
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs" / "example.yaml")
     assert config.model.path and config.source.uri
+    # it runs on what the repository ships (the demo bundle; `make demo` writes the video), never
+    # on material outside the checkout
+    assert (root / config.model.path / "manifest.json").is_file()
+    for path in (config.model.path, config.source.uri, *config.output.sinks):
+        assert ".." not in Path(path.partition(":")[2] if ":" in path else path).parts, path
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Final, List, Literal, Optional
 import numpy as np
 import numpy.typing as npt
 from pycocotools import mask as coco_mask
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from edgeseg.bundle.manifest import EngineRecord, Manifest
 from edgeseg.bundle.verify import file_problem
@@ -50,6 +50,7 @@ from edgeseg.errors import BundleError, EdgesegError
 from edgeseg.postprocess.settings import PostprocessSettings
 from edgeseg.sinks.mask_codec import rle_from_crop
 from edgeseg.sources.images import decode_image
+from edgeseg.strict import StrictModel
 from edgeseg.structures import ImageArray, Instances
 
 if TYPE_CHECKING:
@@ -145,18 +146,14 @@ def engine_form(engine: EngineRecord) -> Form:
 # -- the reference file ------------------------------------------------------------------------
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RleRecord(_Strict):
+class RleRecord(StrictModel):
     """A COCO compressed RLE over the whole image."""
 
     size: Tuple[int, int]
     counts: str
 
 
-class InstanceRecord(_Strict):
+class InstanceRecord(StrictModel):
     """One decoded instance, in original-image pixels."""
 
     class_id: int = Field(ge=0)
@@ -165,7 +162,7 @@ class InstanceRecord(_Strict):
     mask: RleRecord
 
 
-class SettingsRecord(_Strict):
+class SettingsRecord(StrictModel):
     """The postprocessing the reference was decoded with (the test uses the same)."""
 
     conf_threshold: float = Field(gt=0, le=1)
@@ -190,14 +187,14 @@ class SettingsRecord(_Strict):
                    match_iou=MATCH_IOU)
 
 
-class ResolutionRecord(_Strict):
+class ResolutionRecord(StrictModel):
     """The reference at one input size: which file made it, and per image its instances."""
 
     made_by: str = Field(description="the bundle's fp32 ONNX of this size")
     images: Dict[str, List[InstanceRecord]]
 
 
-class Reference(_Strict):
+class Reference(StrictModel):
     """``selftest/reference.json``."""
 
     format: Literal["edgeseg-selftest"] = REFERENCE_FORMAT

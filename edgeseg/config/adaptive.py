@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from edgeseg.strict import StrictModel
 
 #: Post-processing reductions, in the order the picker applies them once even the smallest
 #: resolution does not fit: "no-refine" turns morphological refinement off, "fewer-detections"
@@ -21,8 +23,9 @@ EFFORT_ORDER: tuple[EffortStep, ...] = ("no-refine", "fewer-detections", "boxes-
 DEFAULT_EFFORT_LEVELS: tuple[EffortStep, ...] = ("no-refine", "fewer-detections")
 
 
-class AdaptiveConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+class AdaptiveConfig(StrictModel):
+    """With enabled, exactly one goal: target_fps or latency_budget_ms (never both). resolutions are
+    multiples of 32 from 320 to 1280; each effort level at most once."""
 
     enabled: bool = Field(False, description="switch input resolution and post-processing effort to meet the goal")
     target_fps: Optional[float] = Field(

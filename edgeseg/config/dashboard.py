@@ -23,10 +23,11 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Final, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from edgeseg.config.errors import parse_section
 from edgeseg.errors import ConfigError
+from edgeseg.strict import StrictModel
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8080
@@ -55,11 +56,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class DashboardConfig(_Strict):
+class DashboardConfig(StrictModel):
     enabled: bool = Field(False, description="serve the web dashboard from the daemon")
     host: str = Field(
         DEFAULT_HOST, min_length=1, max_length=255,

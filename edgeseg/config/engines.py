@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Final, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from edgeseg.strict import StrictModel
 
 DEFAULT_ENGINES_ROOT: Final = "/var/lib/edgeseg/engines"
 DEFAULT_PID_FILE: Final = "/run/edgeseg/edgeseg.pid"
@@ -21,12 +23,7 @@ def _default_build_precisions() -> List[BuildPrecision]:
     return ["fp16", "int8"]
 
 
-class _Strict(BaseModel):
-    # Kept here rather than imported from schema.py, which imports this module.
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class EnginesConfig(_Strict):
+class EnginesConfig(StrictModel):
     root: str = Field(
         DEFAULT_ENGINES_ROOT, min_length=1,
         description="engine store: bundles/, the 'active' and 'previous' links, staging directories",

@@ -28,18 +28,11 @@ from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, Optional
 from urllib.parse import urlsplit
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from edgeseg.config.errors import parse_section
 from edgeseg.sources.uri import mask_credentials
+from edgeseg.strict import StrictModel
 
 SCHEMES: Final = {"mqtt": 1883, "mqtts": 8883}
 """URI scheme to default port; ``mqtts`` turns TLS on."""
@@ -110,11 +103,7 @@ def parse_broker_uri(uri: str) -> BrokerAddress:
     return BrokerAddress(parts.scheme, parts.hostname, port or SCHEMES[parts.scheme])
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class TlsConfig(_Strict):
+class TlsConfig(StrictModel):
     ca_file: Optional[str] = Field(
         None, min_length=1, description="CA bundle (PEM) the broker's certificate must chain to; null = system CAs"
     )
@@ -131,7 +120,7 @@ class TlsConfig(_Strict):
         return self
 
 
-class QueueConfig(_Strict):
+class QueueConfig(StrictModel):
     path: Optional[str] = Field(
         None, min_length=1,
         description="SQLite file holding unsent messages; null = $STATE_DIRECTORY (systemd) or "
@@ -155,7 +144,7 @@ class QueueConfig(_Strict):
     )
 
 
-class MqttConfig(_Strict):
+class MqttConfig(StrictModel):
     uri: Optional[str] = Field(
         None, min_length=1, max_length=2048, description="broker, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; null = off"
     )

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from edgeseg import MAX_IMAGE_PIXELS
 from edgeseg.config.adaptive import AdaptiveConfig
@@ -32,6 +32,7 @@ from edgeseg.postprocess.settings import (
 )
 from edgeseg.sinks.base import SinkOptions
 from edgeseg.sources.base import DEFAULT_MAX_PIXELS, RECONNECT_INITIAL_S, RECONNECT_MAX_S, SourceOptions
+from edgeseg.strict import StrictModel
 
 #: The configuration format this code reads.
 CONFIG_VERSION: Final = 1
@@ -40,11 +41,7 @@ CONFIG_VERSION: Final = 1
 DEFAULT_SERVICE_CONFIG: Final = "/etc/edgeseg/config.yaml"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     path: Optional[str] = Field(None, description="ONNX model file (or engine bundle directory)")
     imgsz: Optional[int] = Field(
         None, ge=320, le=1280, multiple_of=32,
@@ -57,7 +54,9 @@ class ModelConfig(_Strict):
     )
 
 
-class SourceConfig(_Strict):
+class SourceConfig(StrictModel):
+    """The longest reconnect backoff (reconnect_max_s) must be at least the first (reconnect_initial_s)."""
+
     uri: Optional[str] = Field(None, description="source URI: file, folder, glob, v4l2://, csi://, rtsp://, http://")
     loop: bool = Field(False, description="restart a file or folder source when it ends")
     reconnect_initial_s: float = Field(RECONNECT_INITIAL_S, gt=0, le=60, description="first reconnect backoff")
@@ -78,13 +77,13 @@ class SourceConfig(_Strict):
         return self
 
 
-class RefineConfig(_Strict):
+class RefineConfig(StrictModel):
     open_px: int = Field(0, ge=0, le=32, description="opening radius (removes specks), pixels; 0 = off")
     close_px: int = Field(0, ge=0, le=32, description="closing radius (fills holes), pixels; 0 = off")
     min_area: int = Field(0, ge=0, le=1_000_000, description="drop mask components smaller than this; 0 = off")
 
 
-class PostprocessConfig(_Strict):
+class PostprocessConfig(StrictModel):
     conf_threshold: float = Field(DEFAULT_CONF_THRESHOLD, ge=0.0, lt=1.0, description="minimum class score")
     nms: Literal["gaussian", "linear", "hard"] = Field("gaussian", description="Soft-NMS kind, or hard NMS")
     iou_threshold: float = Field(DEFAULT_IOU_THRESHOLD, gt=0.0, le=1.0, description="NMS IoU threshold")
@@ -109,7 +108,7 @@ class PostprocessConfig(_Strict):
         )
 
 
-class OutputConfig(_Strict):
+class OutputConfig(StrictModel):
     sinks: List[str] = Field(
         default_factory=list, description="outputs, each KIND:PATH or a broker URI (the kinds: edgeseg run --help)"
     )
@@ -117,7 +116,7 @@ class OutputConfig(_Strict):
     video_fps: float = Field(25.0, gt=0, le=240, description="frame rate of annotated videos")
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(StrictModel):
     inference_priority: bool = Field(True, description="give the inference thread the highest priority allowed")
     inference_workers: int = Field(
         1, ge=1, le=8,
@@ -127,7 +126,7 @@ class PipelineConfig(_Strict):
     max_frames: int = Field(0, ge=0, description="stop after this many frames; 0 = until the source ends")
 
 
-class ServiceConfig(_Strict):
+class ServiceConfig(StrictModel):
     stats_interval_s: float = Field(10.0, ge=1.0, le=3600.0, description="STATUS=, log and MQTT stats period")
     stall_s: float = Field(
         30.0, ge=2.0, le=3600.0,
@@ -138,15 +137,28 @@ class ServiceConfig(_Strict):
     )
 
 
-class Config(_Strict):
+class Config(StrictModel):
     version: Literal[1] = Field(CONFIG_VERSION, description="configuration format version")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    source: SourceConfig = Field(default_factory=SourceConfig)
-    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
-    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
-    service: ServiceConfig = Field(default_factory=ServiceConfig)
+    model: ModelConfig = Field(
+        default_factory=ModelConfig, description="the model: an ONNX file or an engine bundle, and where it runs"
+    )
+    source: SourceConfig = Field(
+        default_factory=SourceConfig, description="where frames come from, and how a live source reconnects"
+    )
+    postprocess: PostprocessConfig = Field(
+        default_factory=PostprocessConfig, description="decoding: score threshold, NMS, instance masks"
+    )
+    output: OutputConfig = Field(
+        default_factory=OutputConfig, description="where frame results go, and how masks are encoded"
+    )
+    pipeline: PipelineConfig = Field(
+        default_factory=PipelineConfig, description="the stage threads: inference priority and workers, frame limit"
+    )
+    service: ServiceConfig = Field(
+        default_factory=ServiceConfig,
+        description="the daemon (edgeseg serve): stats period, stall watchdog, log format",
+    )
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT output; off without a uri")
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="the live web dashboard")
     adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig, description="adaptive input resolution")

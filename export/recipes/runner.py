@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from edgeseg.errors import ExportError
+from edgeseg.strict import StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,7 @@ RECIPE_VERSION = 1
 STAGE_KINDS = ("synth", "train", "distill", "prune", "fold", "export", "eval")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SynthStage(_Strict):
+class SynthStage(StrictModel):
     out: str = Field(description="dataset folder (train/, val/, instances_*.json)")
     train: int = Field(1000, ge=0, le=1_000_000, description="training images")
     val: int = Field(200, ge=0, le=1_000_000, description="validation images")
@@ -62,7 +59,7 @@ class SynthStage(_Strict):
     seed: int = Field(0, ge=0, description="generator seed (same seed, same bytes)")
 
 
-class StudentRun(_Strict):
+class StudentRun(StrictModel):
     """The flags of ``edgeseg train`` (and of the student of ``edgeseg distill``)."""
 
     data: str = Field(description="training set (COCO json or folder)")
@@ -109,7 +106,7 @@ class DistillStage(StudentRun):
     teacher_threads: int = Field(0, ge=0, le=256)
 
 
-class PruneStage(_Strict):
+class PruneStage(StrictModel):
     model: str = Field(description="checkpoint to prune")
     out: str = Field(description="pruned checkpoint (.pt)")
     ratio: float = Field(description="global channel ratio, 0 to 0.9")
@@ -119,21 +116,21 @@ class PruneStage(_Strict):
     bn_images: int = Field(256, ge=1, le=100000)
 
 
-class FoldStage(_Strict):
+class FoldStage(StrictModel):
     model: str = Field(description="checkpoint to fold")
     out: str = Field(description="ONNX file to write")
     imgsz: Optional[int] = Field(None, ge=32, le=1280, multiple_of=32)
     dynamic: bool = True
 
 
-class EvalStage(_Strict):
+class EvalStage(StrictModel):
     model: str = Field(description="checkpoint (.pt), ONNX model or bundle folder")
     data: str = Field(description="annotated set (COCO json, or folder)")
     out: str = Field(description="JSON report to write")
     imgsz: Optional[int] = Field(None, ge=32, le=1280, multiple_of=32)
 
 
-class Stage(_Strict):
+class Stage(StrictModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     synth: Optional[SynthStage] = None
     train: Optional[TrainStage] = None
@@ -160,7 +157,7 @@ class Stage(_Strict):
         return getattr(self, self.kind)
 
 
-class Recipe(_Strict):
+class Recipe(StrictModel):
     version: int = Field(RECIPE_VERSION, ge=RECIPE_VERSION, le=RECIPE_VERSION)
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
