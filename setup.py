@@ -31,7 +31,8 @@ EXTRAS = {
     "jetson": ["jetson-stats>=4.2"],
     # Test tools, plus the export stage's ONNX tools (its torch-based steps are tested where torch is).
     "dev": [
-        "pytest>=8", "jsonschema>=4.20", "mypy>=1.10", "ruff>=0.5", "selenium>=4.15",
+        # pytest-timeout: the suite-wide bound of pyproject.toml; 2.x installs on Python 3.8 to 3.13.
+        "pytest>=8", "pytest-timeout>=2.3,<3", "jsonschema>=4.20", "mypy>=1.10", "ruff>=0.5", "selenium>=4.15",
         "onnx>=1.15", "onnxsim>=0.4", "matplotlib>=3.7", "vermin>=1.6",
     ],
 }

@@ -75,25 +75,41 @@ class Instances:
     mask_boxes: IntArray = field(default_factory=lambda: np.zeros((0, 4), np.int32))
 
     def __post_init__(self) -> None:
-        n = len(self.boxes)
-        if self.boxes.shape != (n, 4):
-            raise ValueError(f"boxes must have shape (n, 4), got {self.boxes.shape}")
-        if self.scores.shape != (n,) or self.class_ids.shape != (n,):
-            raise ValueError(
-                f"scores {self.scores.shape} and class_ids {self.class_ids.shape} must have "
-                f"shape ({n},) like boxes"
-            )
+        """Refuse, in one line naming the field, any field of the wrong type, dtype or shape.
+
+        Checked here, where instances are made, rather than three modules later where a sink
+        trips over an int64 box or a float class id.
+        """
+        size = self.image_size
+        if (
+            not isinstance(size, tuple)
+            or len(size) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in size)
+        ):
+            raise ValueError(f"Instances.image_size: expected (height, width) of two positive ints, found {size!r}")
+        if not isinstance(self.class_names, tuple) or not all(isinstance(c, str) for c in self.class_names):
+            raise ValueError(f"Instances.class_names: expected a tuple of str, found {self.class_names!r:.80}")
+        n = _check_array("boxes", self.boxes, np.float32, "float32", None, 4)
+        _check_array("scores", self.scores, np.float32, "float32", n)
+        _check_array("class_ids", self.class_ids, np.int32, "int32", n)
+        if not isinstance(self.masks, tuple):
+            raise ValueError(f"Instances.masks: expected a tuple of boolean crops, found {type(self.masks).__name__}")
         if self.masks and len(self.masks) != n:
-            raise ValueError(f"masks has {len(self.masks)} crops for {n} instances")
-        if len(self.mask_boxes) != len(self.masks) or self.mask_boxes.shape[1:] != (4,):
-            raise ValueError(
-                f"mask_boxes {self.mask_boxes.shape} must be (len(masks), 4) = ({len(self.masks)}, 4)"
-            )
-        for crop, (x0, y0, x1, y1) in zip(self.masks, self.mask_boxes):
+            raise ValueError(f"Instances.masks: expected 0 or {n} crops (one per instance), found {len(self.masks)}")
+        _check_array("mask_boxes", self.mask_boxes, np.int32, "int32", len(self.masks), 4)
+        for i, (crop, (x0, y0, x1, y1)) in enumerate(zip(self.masks, self.mask_boxes)):
+            if not isinstance(crop, np.ndarray) or crop.dtype != np.bool_ or crop.ndim != 2:
+                raise ValueError(f"Instances.masks[{i}]: expected a 2-D bool crop, found {_describe(crop)}")
             if crop.shape != (y1 - y0, x1 - x0):
-                raise ValueError(f"mask crop {crop.shape} does not match its region {(x0, y0, x1, y1)}")
+                raise ValueError(
+                    f"Instances.masks[{i}]: expected shape {(int(y1 - y0), int(x1 - x0))} for its region "
+                    f"{(int(x0), int(y0), int(x1), int(y1))}, found {crop.shape}"
+                )
         if n and (self.class_ids.min() < 0 or self.class_ids.max() >= len(self.class_names)):
-            raise ValueError(f"class_ids must index the {len(self.class_names)} class names")
+            raise ValueError(
+                f"Instances.class_ids: expected indices into the {len(self.class_names)} class names, found "
+                f"{int(self.class_ids.min())}..{int(self.class_ids.max())}"
+            )
 
     @classmethod
     def empty(cls, image_size: tuple[int, int], class_names: Sequence[str]) -> Instances:
@@ -148,6 +164,31 @@ class Instances:
             x0, y0, x1, y1 = self.mask_boxes[i]
             out[y0:y1, x0:x1] = self.masks[i]
         return out
+
+
+def _describe(value: object) -> str:
+    """dtype and shape of an array, or the type of anything else, for error messages."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} {value.shape}"
+    return type(value).__name__
+
+
+def _check_array(
+    name: str, value: object, dtype: type[np.generic], dtype_name: str, n: int | None, width: int | None = None
+) -> int:
+    """Refuse ``Instances.<name>`` unless it is a ``dtype`` array of shape (n,) or (n, width);
+    ``n`` None takes the length from the array. Returns n."""
+    expected_shape = f"({'n' if n is None else n},{'' if width is None else f' {width}'})"
+    ndim = 1 if width is None else 2
+    if (
+        not isinstance(value, np.ndarray)
+        or value.dtype != dtype
+        or value.ndim != ndim
+        or (n is not None and value.shape[0] != n)
+        or (width is not None and value.shape[1] != width)
+    ):
+        raise ValueError(f"Instances.{name}: expected {dtype_name} {expected_shape}, found {_describe(value)}")
+    return int(value.shape[0])
 
 
 @dataclass(frozen=True, eq=False)

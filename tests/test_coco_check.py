@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from conftest import REALDATA
+from conftest import REALDATA, need_realdata
 from pycocotools import mask as coco_mask
 
 from edgeseg.errors import ExportError
@@ -232,9 +232,7 @@ REAL_SETS = [
 @pytest.mark.realdata
 @pytest.mark.parametrize(("folder", "name", "images", "annotations"), REAL_SETS, ids=[r[0] for r in REAL_SETS])
 def test_real_coco_subsets_pass(folder: str, name: str, images: int, annotations: int) -> None:
-    path = REALDATA / folder / name
-    if not path.exists():
-        pytest.skip(f"real test material missing: {path} (expected ../shared/realdata)")
-    s = check_coco(path, REALDATA / folder / "images")
+    path = need_realdata(REALDATA / folder / name)
+    s = check_coco(path, need_realdata(REALDATA / folder / "images"))
     assert (s.images, s.annotations, len(s.categories)) == (images, annotations, 80)
     assert s.crowd == s.rles > 0 and s.polygons == annotations - s.rles

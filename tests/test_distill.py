@@ -317,18 +317,18 @@ def test_distill_command_prints_one_summary_line(shapes: Path, tmp_path: Path,
 
 
 @pytest.mark.realdata
-def test_real_yolov8_seg_teacher_gives_pseudo_labels_on_real_images(model_dynamic: Path, tmp_path: Path) -> None:
+def test_real_yolov8_seg_teacher_gives_pseudo_labels_on_real_images(
+    model_dynamic: Path, train_images: Path, tmp_path: Path
+) -> None:
     """The COCO yolov8n-seg as a label-free teacher: real persons on real frames become pseudo-labels."""
-    from conftest import TRAIN_IMAGES, copy_images
+    from conftest import copy_images
 
     from export.distill.distiller import write_unlabelled
     from export.train.dataset import CocoSegmentation, collate, resolve_coco
 
     teacher = load_teacher(model_dynamic)
     assert isinstance(teacher, OnnxTeacher) and len(teacher.class_names) == 80
-    if not TRAIN_IMAGES.is_dir():
-        pytest.skip(f"real test material missing: {TRAIN_IMAGES}")
-    frames = copy_images(TRAIN_IMAGES, tmp_path / "frames", 4)
+    frames = copy_images(train_images, tmp_path / "frames", 4)
     data = CocoSegmentation(resolve_coco(write_unlabelled(frames, ("person", "car", "dog"), tmp_path)), 320)
     batch = collate([data[i] for i in range(len(data))]).to("cpu")
     t = teacher.predict(batch.images)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DEMO_BUNDLE, DEMO_CLASS_NAMES
 
 from edgeseg.backends.base import NetworkInfo, TensorInfo
 from edgeseg.errors import ConfigError, ModelError
@@ -59,7 +60,20 @@ def test_spec_from_network(outputs, input_shape, meta, imgsz, expected, raises) 
     assert (spec.input_size, spec.num_classes, spec.num_masks, spec.pred_index, spec.proto_index) == expected
 
 
-def test_static_model_ignores_requested_size_and_says_so(model_640: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_static_model_ignores_requested_size_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """The demo bundle's bare fp32 ONNX: a static 320 input, names and stride in its metadata."""
+    model = load_model(DEMO_BUNDLE / "demo-320-fp32.onnx", imgsz=640, threads=1)
+    try:
+        assert model.spec.input_size == (320, 320) and not model.spec.dynamic
+        assert "fixed 320x320 input; requested size 640 ignored" in caplog.text
+        assert model.spec.class_names == DEMO_CLASS_NAMES and model.spec.num_classes == len(DEMO_CLASS_NAMES)
+        out = model.backend.infer(np.zeros((1, 3, 320, 320), np.float32))
+        assert out[model.spec.proto_index].shape == (1, model.spec.num_masks, 80, 80)
+    finally:
+        model.close()
+
+
+def test_static_coco_model_ignores_requested_size(model_640: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = load_model(model_640, imgsz=320)
     assert model.spec.input_size == (640, 640) and not model.spec.dynamic
     assert "fixed 640x640 input; requested size 320 ignored" in caplog.text

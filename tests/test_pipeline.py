@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import copy_images
+from conftest import DEMO_BUNDLE, demo_images
 
 from edgeseg.errors import SinkError
 from edgeseg.model import Model, load_model
@@ -144,9 +145,12 @@ class PacedSource(Source):
 
 
 @pytest.fixture(scope="module")
-def model(model_dynamic: Path) -> Model:
-    # 320 keeps the real model quick enough for unit tests on 2 cores.
-    return load_model(model_dynamic, imgsz=320, threads=1)
+def model() -> Iterator[Model]:
+    # The repository's demo bundle: a real network at 320, quick enough for unit tests on 2 cores,
+    # and present without ../shared/realdata. Pipeline semantics do not depend on which model.
+    loaded = load_model(DEMO_BUNDLE, imgsz=320, threads=1)
+    yield loaded
+    loaded.close()
 
 
 def _processor(model: Model) -> FrameProcessor:
@@ -154,8 +158,8 @@ def _processor(model: Model) -> FrameProcessor:
 
 
 @pytest.fixture()
-def images(val_images: Path, tmp_path: Path) -> Path:
-    return copy_images(val_images, tmp_path / "imgs", 6)
+def images(tmp_path: Path) -> Path:
+    return demo_images(tmp_path / "imgs", 6)
 
 
 def test_files_are_processed_losslessly_in_order(model: Model, images: Path) -> None:

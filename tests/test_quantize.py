@@ -12,7 +12,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import TRAIN_IMAGES
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeseg.errors import ExportError
@@ -323,12 +322,10 @@ def fixed_size(dynamic: Path, size: int, out: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("quantise", [quantize_for_tensorrt, quantize_for_cpu])
 def test_real_model_quantises_and_still_detects(
-    quantise: Callable[..., Path], model_dynamic: Path, val_images: Path, tmp_path: Path
+    quantise: Callable[..., Path], model_dynamic: Path, val_images: Path, train_images: Path, tmp_path: Path
 ) -> None:
-    if not TRAIN_IMAGES.is_dir():
-        pytest.skip(f"real test material missing: {TRAIN_IMAGES} (expected ../shared/realdata)")
     fp32 = fixed_size(model_dynamic, REAL_SIZE, tmp_path / "fp32-320.onnx")
-    images = calibration_images(TRAIN_IMAGES, limit=REAL_CALIBRATION_IMAGES)
+    images = calibration_images(train_images, limit=REAL_CALIBRATION_IMAGES)
     out = quantise(fp32, tmp_path / "int8-320.onnx", images, progress=False)
     loaded = load_model(out, device="cpu")
     try:

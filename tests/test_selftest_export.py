@@ -13,7 +13,6 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import TRAIN_IMAGES
 from onnx import numpy_helper
 
 import export.quantize
@@ -118,11 +117,12 @@ def test_an_old_bundle_gains_a_reference_and_keeps_every_file(tmp_path: Path, ca
     assert not refs.failed and integrity_problems(bundle, load_manifest(bundle)) == []
 
 
-def test_realdata_export_judges_both_int8_forms_on_coco(tmp_path: Path, model_dynamic: Path) -> None:
-    if not TRAIN_IMAGES.is_dir():
-        pytest.skip(f"real test material missing: {TRAIN_IMAGES} (expected ../shared/realdata)")
+@pytest.mark.realdata
+def test_realdata_export_judges_both_int8_forms_on_coco(
+    tmp_path: Path, model_dynamic: Path, train_images: Path
+) -> None:
     opts = ExportOptions(model=model_dynamic, out=tmp_path / "yolo", resolutions=(320,), precisions=("fp32", "int8"),
-                         calibration=TRAIN_IMAGES, calibration_limit=8, latency_runs=1, threads=2, progress=False)
+                         calibration=train_images, calibration_limit=8, latency_runs=1, threads=2, progress=False)
     result = export_bundle(opts)
     reference = parse_reference((result.bundle / "selftest" / "reference.json").read_text(), "reference.json")
     strong = sum(1 for v in reference.resolutions[320].images.values() for r in v if r.score >= 0.4)

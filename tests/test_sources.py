@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import demo_images
 from sources_mjpeg import MjpegServer, free_port
 
 from edgeseg.errors import SourceError
@@ -338,15 +339,18 @@ def test_folder_of_only_unreadable_images(tmp_path: Path, loop: bool, raises: bo
         assert source.exhausted and source.skipped == 1
 
 
-@pytest.mark.realdata
-def test_real_coco_images_by_glob(val_images: Path) -> None:
-    source = open_source(str(val_images / "*.jpg"))
-    first = sorted(val_images.glob("*.jpg"))[0]
-    assert source.length == len(list(val_images.glob("*.jpg")))
-    frame = source.read()
-    assert frame is not None and frame.name == first.name
-    reference = cv2.imread(str(first))
-    assert reference is not None and np.array_equal(frame.image, reference)
+def test_jpeg_images_by_glob(tmp_path: Path) -> None:
+    folder = demo_images(tmp_path / "imgs", 6)
+    (folder / "notes.txt").write_text("not matched by the glob")
+    source = open_source(str(folder / "*.jpg"))
+    files = sorted(folder.glob("*.jpg"))
+    assert source.length == len(files) == 6
+    for expected in files:
+        frame = source.read()
+        assert frame is not None and frame.name == expected.name
+        reference = cv2.imread(str(expected))
+        assert reference is not None and np.array_equal(frame.image, reference)
+    assert source.read() is None
 
 
 # ---------------------------------------------------------------- video files
