@@ -35,7 +35,7 @@ from pathlib import Path
 
 from edgeseg.adaptive.controller import AdaptiveController, open_adaptive
 from edgeseg.config.adaptive import AdaptiveConfig
-from edgeseg.model import Model, load_model
+from edgeseg.model import LoadOptions, Model
 from edgeseg.pipeline.processor import FrameProcessor
 from edgeseg.pipeline.runner import Pipeline
 from edgeseg.postprocess import Postprocessor
@@ -140,10 +140,11 @@ def main() -> int:
     load_before = round(os.getloadavg()[0], 2)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})  # threads and child processes started from here inherit it
-    model = load_model(args.model, imgsz=args.start_size, threads=args.threads)
+    options = LoadOptions(threads=args.threads)  # the ladder's other sizes load the same way
+    model = options.load(args.model, imgsz=args.start_size)
     target = args.target_fps
     if target is None:
-        calib = load_model(args.model, imgsz=args.calibrate_size, threads=args.threads) if \
+        calib = options.load(args.model, imgsz=args.calibrate_size) if \
             args.calibrate_size != args.start_size else model
         quiet = run_fixed(calib, args.images, 6.0, args.inference_priority, hog=False)
         target = round(quiet * args.target_ratio, 1)
@@ -153,7 +154,7 @@ def main() -> int:
               if v is not None}
     config = AdaptiveConfig(enabled=True, target_fps=target, resolutions=sizes, **tuning)
     processor = make_processor(model)
-    controller = open_adaptive(config, args.model, model, processor, threads=args.threads)
+    controller = open_adaptive(config, args.model, model, processor, options)
     rec = Recorder(controller)
     hog: subprocess.Popen[bytes] | None = None
     with open_source(str(args.images), SourceOptions(loop=True)) as source:

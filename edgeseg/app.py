@@ -1,8 +1,10 @@
 """Builds a runnable pipeline from a validated Config: the one place components are wired.
 
-The commands (run, eval, bench, and later serve) differ only in which sinks they attach and
-what they do with the counters, so they all start from ``build_runtime``. Everything that can
-be refused (model, source URI, sink specs) is opened here, before the first frame is read.
+The commands (run, eval, bench, serve) differ only in which sinks they attach and what they do
+with the counters, so they all start from ``build_runtime`` (serve with the model it has already
+loaded and checked, and its files appended to). Everything that can be refused (model, source
+URI, sink specs) is opened here, before the first frame is read. Every model of a run is loaded
+with the one ``LoadOptions`` value of ``load_options(config)``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from edgeseg.config import Config
 from edgeseg.errors import ConfigError
-from edgeseg.model import Model, load_model
+from edgeseg.model import LoadOptions, Model
 from edgeseg.pipeline.processor import FrameProcessor
 from edgeseg.pipeline.runner import Pipeline, ResultCallback
 from edgeseg.postprocess import Postprocessor
@@ -68,28 +70,47 @@ def build_pipeline(
     )
 
 
+def load_options(config: Config, spin: bool = False) -> LoadOptions:
+    """How every model of this configuration is loaded (``model`` and ``pipeline.inference_workers``)."""
+    m = config.model
+    return LoadOptions(threads=m.threads, device=m.device, precision=m.precision,
+                       workers=config.pipeline.inference_workers, spin=spin)
+
+
 def open_model(config: Config, spin: bool = False) -> Model:
+    """The configured model at the configured size."""
     m = config.model
     if not m.path:
         raise ConfigError("field 'model.path': required (give --model or set it in the config)")
-    return load_model(
-        m.path, imgsz=m.imgsz, threads=m.threads, device=m.device, spin=spin, precision=m.precision,
-        workers=config.pipeline.inference_workers,
-    )
+    return load_options(config, spin).load(m.path, imgsz=m.imgsz)
 
 
-def build_runtime(config: Config, extra_sinks: Sequence[Sink] = (), spin: bool = False) -> Runtime:
-    """Open model, source and sinks of ``config``; on any refusal, close what was opened."""
-    if not config.source.uri:
-        raise ConfigError("field 'source.uri': required (give --source or set it in the config)")
+def build_runtime(
+    config: Config,
+    extra_sinks: Sequence[Sink] = (),
+    spin: bool = False,
+    model: Model | None = None,
+    append: bool = False,
+) -> Runtime:
+    """Open model, source and sinks of ``config``; on any refusal, close what was opened.
+
+    ``model``: one already loaded from ``config`` (the daemon loads and checks it before it stops
+    the running pipeline); the runtime owns it from here, failure or not. ``append``: file sinks
+    append instead of replacing (a service's restart or reload must not erase what it wrote).
+    """
     with ExitStack() as stack:
-        model = open_model(config, spin=spin)
-        stack.callback(model.close)
+        if model is not None:
+            stack.callback(model.close)
+        if not config.source.uri:
+            raise ConfigError("field 'source.uri': required (give --source or set it in the config)")
+        if model is None:
+            model = open_model(config, spin=spin)
+            stack.callback(model.close)
         source = open_source(config.source.uri, config.source_options())
         stack.callback(source.close)
         sinks: list[Sink] = []
         for spec in config.output.sinks:
-            sink = create_sink(spec, config.sink_options())
+            sink = create_sink(spec, config.sink_options(append=append))
             stack.callback(sink.close)
             sinks.append(sink)
         for sink in extra_sinks:

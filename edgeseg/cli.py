@@ -26,7 +26,6 @@ from edgeseg.config import Config, load_config
 from edgeseg.config.command import add_config_parser
 from edgeseg.config.schema import ModelConfig, PipelineConfig, PostprocessConfig
 from edgeseg.errors import EdgesegError, ExportError
-from edgeseg.sinks.base import Sink
 from edgeseg.sources.uri import mask_credentials
 
 log = logging.getLogger("edgeseg")
@@ -255,22 +254,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _mqtt_sinks(config: Config) -> list[Sink]:
-    """The MQTT publisher, which outlives reloads so the broker session (and its queue) stays."""
-    if not config.mqtt.enabled:
-        return []
-    from edgeseg.sinks.mqtt import MqttSink
-
-    return [MqttSink(config.mqtt)]
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgeseg.config import DEFAULT_SERVICE_CONFIG
     from edgeseg.service.daemon import Daemon
 
     if args.config is None and os.path.isfile(DEFAULT_SERVICE_CONFIG):
         args.config = DEFAULT_SERVICE_CONFIG
-    daemon = Daemon(args.config, _overrides(args), persistent_sinks=_mqtt_sinks)
+    daemon = Daemon(args.config, _overrides(args))
     daemon.install_signal_handlers()
     return daemon.run()
 

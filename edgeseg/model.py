@@ -310,6 +310,35 @@ def _load_bundle(
                       + "; ".join(reason for _, reason in refused))
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How every network of one run is loaded: its main model and the adaptive ladder's other sizes.
+
+    Built once from the configuration (``edgeseg.app.load_options``: ``model`` and
+    ``pipeline.inference_workers``) and passed as one value, so that a ladder's resolution loaded
+    later cannot differ from the first in threads, device or precision. The input size is chosen
+    per load (``imgsz``), not here.
+
+    Attributes:
+        threads: ONNX Runtime intra-op threads (0: every physical core).
+        device: "auto", "cpu" or "cuda" (ONNX Runtime).
+        precision: the engine precision to pick from a bundle ("auto": the fastest measured).
+        workers: inference workers of the pipeline (a TensorRT engine gets one context each).
+        spin: let ONNX Runtime's threads spin-wait between inferences.
+    """
+
+    threads: int = 0
+    device: str = "auto"
+    precision: PrecisionChoice = "auto"
+    workers: int = 1
+    spin: bool = False
+
+    def load(self, path: str | Path, imgsz: int | None = None) -> Model:
+        """``load_model(path, imgsz)`` with these options."""
+        return load_model(path, imgsz=imgsz, threads=self.threads, device=self.device, spin=self.spin,
+                          precision=self.precision, workers=self.workers)
+
+
 def load_model(
     path: str | Path,
     imgsz: int | None = None,
@@ -322,7 +351,8 @@ def load_model(
     """Open ``path`` (an .onnx file or an engine bundle directory) and check its layout.
 
     For a bundle, ``imgsz`` and ``precision`` choose the engine (the largest resolution and the
-    fastest precision when not given); for an ONNX file, ``imgsz`` sizes a dynamic input.
+    fastest precision when not given); for an ONNX file, ``imgsz`` sizes a dynamic input. The
+    runtime's own callers pass a ``LoadOptions`` (``options.load(path, imgsz)``).
     """
     path = Path(path)
     try:

@@ -1,30 +1,45 @@
 """Test helpers for the dashboard: a recording ``Controls`` and synthetic frame results.
 
-``RecordingControls`` is the reference implementation of ``edgeseg.dashboard.controls.Controls``
-that the tests and the benchmark use; it is a test helper, not part of the package (the daemon
-implements the protocol for real). Given a ``FrameProcessor`` it applies the confidence
-threshold and NMS mode to the processor's postprocessor settings, which
-``FrameProcessor.finish`` reads once per frame: the change reaches the next frames.
+``RecordingControls`` records every call for tests that need to see what the dashboard asked
+for (which setter, with what, when); it is a test helper, not part of the package. Given a
+``FrameProcessor`` it changes the confidence threshold and NMS mode by the daemon's own path:
+the real ``DaemonControls`` over a ``Session`` that owns the processor's settings (which
+``FrameProcessor.finish`` reads once per frame: the change reaches the next frames). A test that
+needs no recorder uses ``DaemonControls`` itself (``session_controls``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
-from typing import Any
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
 from edgeseg.pipeline.processor import FrameProcessor
 from edgeseg.postprocess.settings import NmsMethod
+from edgeseg.service.controls import DaemonControls
+from edgeseg.service.session import Session
 from edgeseg.structures import Frame, FrameResult, Instances
 
 CLASS_NAMES = ("person", "bicycle", "car", "dog")
 
 
+def session_controls(processor: FrameProcessor) -> Tuple[DaemonControls, Session]:
+    """The daemon's controls over a Session that owns ``processor``'s settings (no daemon: a
+    source switch is refused, as while a reload runs)."""
+    session = Session()
+    session.adopt(processor)
+
+    def no_switch(uri: str, loop: bool) -> None:
+        raise ValueError("source: no daemon to reload")
+
+    return DaemonControls(session, no_switch), session
+
+
 class RecordingControls:
-    """Records every call; applies conf threshold and NMS to ``processor`` when one is given."""
+    """Records every call; changes conf threshold and NMS of ``processor``, when one is given,
+    through the real controls and Session."""
 
     def __init__(
         self,
@@ -33,6 +48,10 @@ class RecordingControls:
         resolutions: tuple[int, ...] = (320, 416, 512, 640),
     ):
         self.processor = processor
+        self.real: Optional[DaemonControls] = None
+        self.session: Optional[Session] = None
+        if processor is not None:
+            self.real, self.session = session_controls(processor)
         self.calls: list[tuple[str, Any, float]] = []
         self.changed = threading.Event()
         self.fail_with: Exception | None = None
@@ -53,16 +72,14 @@ class RecordingControls:
 
     def set_conf_threshold(self, value: float) -> None:
         self._record("conf_threshold", value)
-        if self.processor is not None:
-            post = self.processor.postprocessor
-            post.settings = replace(post.settings, conf_threshold=value)
+        if self.real is not None:
+            self.real.set_conf_threshold(value)
         self._state["conf_threshold"] = value
 
     def set_nms(self, method: NmsMethod) -> None:
         self._record("nms", method)
-        if self.processor is not None:
-            post = self.processor.postprocessor
-            post.settings = replace(post.settings, nms=method)
+        if self.real is not None:
+            self.real.set_nms(method)
         self._state["nms"] = method
 
     def set_resolution(self, size: int | None) -> None:
@@ -78,7 +95,11 @@ class RecordingControls:
         self._state["paused"] = paused
 
     def state(self) -> dict[str, Any]:
-        return dict(self._state)
+        state = dict(self._state)
+        view = self.session.view() if self.session is not None else None
+        if view is not None:  # the settings as the Session holds them
+            state.update(conf_threshold=view.settings.conf_threshold, nms=view.settings.nms)
+        return state
 
 
 def synthetic_result(

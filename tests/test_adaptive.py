@@ -21,6 +21,7 @@ import pytest
 
 from edgeseg.adaptive.controller import (
     AdaptiveController,
+    EffortOwner,
     Ewma,
     active_steps,
     effort_names,
@@ -397,13 +398,14 @@ def feed(controller: AdaptiveController, clock: Clock, n: int, scale: float = 1.
 
 
 def make_controller(model: Model, ladder_model_path: Path, clock: Clock, start: int = 640,
-                    settings: PostprocessSettings | None = None, **cfg: object) -> AdaptiveController:
+                    settings: PostprocessSettings | None = None, owner: EffortOwner | None = None,
+                    **cfg: object) -> AdaptiveController:
     ladder = ModelLadder.open(ladder_model_path, model, SIZES)
     processor = FrameProcessor(ladder.get(start), Postprocessor(settings or PostprocessSettings(),
                                                                   model.spec.class_names))
     config = AdaptiveConfig(enabled=True, **{"target_fps": 10.0, "min_dwell_s": 1.0, "min_dwell_frames": 8,
                                              "warmup_frames": 2, "ewma_alpha": 0.3, **cfg})  # type: ignore[arg-type]
-    return AdaptiveController(processor, ladder, config, clock=clock)
+    return AdaptiveController(processor, ladder, config, clock=clock, owner=owner)
 
 
 def test_controller_steps_down_logs_the_reason_and_keeps_history(
@@ -449,15 +451,30 @@ def test_controller_lowers_effort_below_the_smallest_size_and_restores_it(model_
     assert c.processor.postprocessor.settings == refined
 
 
-def test_settings_replaced_from_outside_become_the_base(model_dynamic: Path, dynamic: Model) -> None:
+class RecordingOwner:
+    """An ``EffortOwner`` that only records what it is asked to apply."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[str, ...], int]] = []
+
+    def apply_effort(self, steps: Sequence[str], level: int) -> None:
+        self.calls.append((tuple(steps), level))
+
+
+def test_effort_levels_go_through_the_settings_owner(model_dynamic: Path, dynamic: Model) -> None:
+    """The controller asks the owner of the settings to apply an effort level; it neither writes
+    the processor's settings itself nor reads them back (what someone else wrote is no new base)."""
     clock = Clock()
-    c = make_controller(dynamic, model_dynamic, clock, start=320, settings=REFINED)
+    owner = RecordingOwner()
+    c = make_controller(dynamic, model_dynamic, clock, start=320, settings=REFINED, owner=owner)
     feed(c, clock, 10, scale=3.0)
     assert c.picker.current == Rung(320, 1)
-    c.processor.postprocessor.settings = replace(REFINED, conf_threshold=0.5)  # the dashboard, say
-    feed(c, clock, 1, scale=3.0)
-    s = c.processor.postprocessor.settings
-    assert s.conf_threshold == 0.5 and not s.refine.enabled  # the new thresholds, at the current effort
+    assert owner.calls == [(("no-refine", "fewer-detections"), 1)]
+    assert c.processor.postprocessor.settings == REFINED  # untouched: writing is the owner's job
+    c.processor.postprocessor.settings = replace(REFINED, conf_threshold=0.5)  # someone bypassing the owner
+    feed(c, clock, 10, scale=3.0)
+    assert owner.calls[-1] == (("no-refine", "fewer-detections"), 2)
+    assert c.processor.postprocessor.settings.conf_threshold == 0.5  # neither adopted nor overwritten
 
 
 def test_latency_budget_uses_processing_time_not_the_wait_for_frames(model_dynamic: Path, dynamic: Model) -> None:
@@ -608,8 +625,7 @@ STEADY_WINDOW = 40
 CALIBRATION_WARMUP, CALIBRATION_FRAMES = 5, 30
 
 
-@pytest.mark.realdata
-@pytest.mark.slow
+@pytest.mark.slow  # realdata: marked by its fixtures (model_dynamic, val_images)
 def test_picker_steps_down_under_a_cpu_hog_and_back_up_after_it(model_dynamic: Path, val_images: Path) -> None:
     """The real pipeline, model and controller, and a separate busy process.
 

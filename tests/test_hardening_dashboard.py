@@ -39,9 +39,12 @@ from edgeseg.config.dashboard import DashboardConfig
 from edgeseg.dashboard import DashboardServer, DashboardSink
 from edgeseg.dashboard import server as server_module
 from edgeseg.dashboard.controls import Controls
+from edgeseg.dashboard.server import DashboardError
+from edgeseg.postprocess.settings import PostprocessSettings
 from edgeseg.service import controls as service_controls
 from edgeseg.service.controls import DaemonControls
 from edgeseg.service.daemon import Daemon
+from edgeseg.service.session import Generation, Session
 
 TOKEN = "hardening-token-0123456789"
 WAIT_S = 10.0
@@ -328,19 +331,25 @@ def test_cross_site_request_without_a_token_is_refused() -> None:
 # -- source switch ------------------------------------------------------------------------------
 
 
+def fake_generation(config: Any) -> Generation:
+    """A generation of ``config`` as the Session sees it: a processor's settings and a pipeline's pause."""
+    processor = SimpleNamespace(postprocessor=SimpleNamespace(settings=PostprocessSettings()))
+    return Generation(config, SimpleNamespace(processor=processor), SimpleNamespace(paused=False))  # type: ignore[arg-type]
+
+
 class FakeDaemon:
-    """What DaemonControls uses of a Daemon: the active config, and a recorded switch_source."""
+    """What DaemonControls uses of a Daemon: its Session running ``uri``, and a recorded switch_source."""
 
     def __init__(self, uri: str):
-        config = parse_config({"source": {"uri": uri}})
-        settings = SimpleNamespace(conf_threshold=0.25, nms="gaussian")
-        processor = SimpleNamespace(postprocessor=SimpleNamespace(settings=settings))
-        self.active = SimpleNamespace(config=config, runtime=SimpleNamespace(processor=processor),
-                                      pipeline=SimpleNamespace(paused=False))
+        self.session = Session()
+        self.session.begin(fake_generation(parse_config({"source": {"uri": uri}})))
         self.switched: list[tuple[str, bool]] = []
 
     def switch_source(self, uri: str, loop: bool = False) -> None:
         self.switched.append((uri, loop))
+
+    def controls(self) -> DaemonControls:
+        return DaemonControls(self.session, self.switch_source)
 
 
 def _images(folder: Path, count: int) -> Path:
@@ -376,7 +385,7 @@ def test_source_switch_test_opens_first(tmp_path: Path, given: str, error: str |
     (tmp_path / "notes.txt").write_text("not a video")
     uri = given.replace("{tmp}", str(tmp_path))
     daemon = FakeDaemon("rtsp://cam/running")
-    controls = DaemonControls(daemon, lambda: None)  # type: ignore[arg-type]
+    controls = daemon.controls()
     opened: list[str] = []
     real_open = service_controls.open_source
     monkeypatch.setattr(service_controls, "open_source", lambda u, o: opened.append(u) or real_open(u, o))
@@ -401,7 +410,7 @@ def test_source_switch_test_opens_first(tmp_path: Path, given: str, error: str |
 def test_switch_to_the_running_source_is_no_reload() -> None:
     """A camera opens once: the running URI is neither test-opened nor reloaded."""
     daemon = FakeDaemon("v4l2:///dev/video99")
-    DaemonControls(daemon, lambda: None).set_source("v4l2:///dev/video99")  # type: ignore[arg-type]
+    daemon.controls().set_source("v4l2:///dev/video99")
     assert daemon.switched == []
 
 
@@ -425,14 +434,14 @@ def test_failed_switch_is_not_remembered(switches: list[tuple[str, bool]], fails
 
     daemon = Daemon(None, overrides={"postprocess": {"conf_threshold": 0.3}})
     old = parse_config({})
-    daemon._active = SimpleNamespace(config=old)  # type: ignore[assignment]
+    daemon.session.begin(fake_generation(old))
     monkeypatch.setattr(daemon, "stats", lambda: STATS)
     monkeypatch.setattr(daemon, "_stop_active", lambda: None)
 
     def start(config: Any, model: Any = None) -> Any:
         if fails == "start" and model is not None:
             raise SourceError("the camera went away")
-        return SimpleNamespace(config=config)
+        daemon.session.begin(fake_generation(config))
 
     def open_model(config: Any) -> Any:
         if fails == "load":
@@ -447,7 +456,7 @@ def test_failed_switch_is_not_remembered(switches: list[tuple[str, bool]], fails
     daemon._do_reload()
     assert daemon.overrides.get("source") == expected
     assert daemon.overrides["postprocess"] == {"conf_threshold": 0.3}  # other overrides untouched
-    running = daemon._active.config.source  # type: ignore[union-attr]
+    running = daemon.session.config().source
     if expected is None:
         assert running.uri == old.source.uri and daemon._load_config().source.uri == old.source.uri
     else:
@@ -464,7 +473,7 @@ def test_events_stream_still_flows_while_a_switch_is_tested(tmp_path: Path, monk
 
     monkeypatch.setattr(service_controls, "open_source", slow_open)
     monkeypatch.setattr(service_controls, "SOURCE_TEST_TIMEOUT_S", 3.0)
-    controls = DaemonControls(FakeDaemon("rtsp://cam/running"), lambda: None)  # type: ignore[arg-type]
+    controls = FakeDaemon("rtsp://cam/running").controls()
     with serving(controls) as served:
         result: list[tuple[int, dict[str, Any]]] = []
         worker = threading.Thread(target=lambda: result.append(served.post(b'{"source": "rtsp://cam/slow"}')))
@@ -474,3 +483,54 @@ def test_events_stream_still_flows_while_a_switch_is_tested(tmp_path: Path, monk
         release.set()
         worker.join(10)
         assert result and result[0][0] == 400 and "refused" in result[0][1]["error"]
+
+
+# -- a token replaced at a reload: refused at once, and what it opened ends ------------------------
+
+NEW_TOKEN = "replaced-token-0123456789"
+
+
+@pytest.mark.parametrize("path", ["/stream.mjpg", "/events"])
+def test_replaced_token_is_refused_and_its_streams_end(path: str) -> None:
+    with serving(token=TOKEN, max_viewers=1) as served:
+        served.feed.write(synthetic_result(0))
+        sock, head = _open(served, f"{path}?token={TOKEN}")
+        with sock:
+            assert b"200 OK" in head
+            config = served.server.config.model_copy(update={"stream_fps": 2.0})
+            assert served.server.reconfigure(config, NEW_TOKEN) is True
+            assert served.request("GET", f"/api/state?token={TOKEN}")[0] == 401
+            assert served.request("GET", "/api/state", headers={"Authorization": f"Bearer {NEW_TOKEN}"})[0] == 200
+            sock.settimeout(WAIT_S)
+            while sock.recv(65536):  # the stream admitted under the old token is closed by the server
+                pass
+        kind = "streams" if path == "/stream.mjpg" else "events"
+        _wait_until(lambda: served.server.state()["viewers"][kind] == 0, WAIT_S)  # its slot is back
+        assert served.server.config.stream_fps == 2.0
+        assert served.server.reconfigure(config, NEW_TOKEN) is False  # the same token: nothing revoked
+
+
+def test_reconfigure_keeps_to_its_address_and_to_the_token_rule() -> None:
+    with serving(token=TOKEN) as served:
+        with pytest.raises(ValueError, match="a new address needs a new server"):
+            served.server.reconfigure(served.server.config.model_copy(update={"port": 1}), TOKEN)
+        assert served.request("GET", f"/api/state?token={TOKEN}")[0] == 200  # nothing changed
+    config = DashboardConfig(host="0.0.0.0", port=0, token=TOKEN)
+    with DashboardServer(config, DashboardSink(), RecordingControls(), dict, system=dict) as wide:
+        with pytest.raises(DashboardError, match="reachable from other machines"):
+            wide.reconfigure(wide.config, "  ")  # a blank token is none
+        assert wide.token == TOKEN
+
+
+def test_bound_server_not_yet_serving_stops_cleanly() -> None:
+    """``bind`` opens the socket a reload prepares; an aborted reload stops it without serving."""
+    server = DashboardServer(DashboardConfig(port=0), DashboardSink(), RecordingControls(), dict, system=dict)
+    server.bind()
+    port = server.port
+    assert port != 0 and not server.serving
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    stopper.join(WAIT_S)
+    assert not stopper.is_alive()  # shutdown() of a never-served socketserver would wait forever
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))  # released

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -199,7 +199,7 @@ def test_watchdog_is_withheld_while_a_stage_is_stuck(tmp_path: Path, model_dynam
     sink = BlockingSink(after=3)
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    daemon = Daemon(str(cfg), persistent_sinks=lambda _c: [sink], notifier=Notifier(str(notify_socket.path)))
+    daemon = Daemon(str(cfg), extra_sinks=lambda _c: [sink], notifier=Notifier(str(notify_socket.path)))
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     try:
@@ -285,3 +285,85 @@ def test_serve_hosts_the_dashboard_and_its_controls_reach_the_pipeline(tmp_path:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert proc.returncode == 0, "".join(lines)
+
+
+DEMO = ROOT / "engines" / "demo"
+
+
+class PacedSink(Sink):
+    """Records every result; ``delay_s`` per write is the load the picker sees (the sink stage)."""
+
+    def __init__(self) -> None:
+        self.delay_s = 0.0
+        self.results: list[FrameResult] = []
+        self.lock = threading.Lock()
+
+    def write(self, result: FrameResult) -> None:
+        time.sleep(self.delay_s)
+        with self.lock:
+            self.results.append(result)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.results)
+
+    def since(self, index: int) -> list[FrameResult]:
+        with self.lock:
+            return self.results[index:]
+
+
+def _wait(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_a_dashboard_change_under_lowered_effort_does_not_keep_the_reduction(tmp_path: Path) -> None:
+    """The issue's reproduction, through the daemon's public face (on the repository's demo bundle).
+
+    The picker lowers post-processing effort under load (refinement off, max_detections halved);
+    the dashboard then changes the confidence threshold; the load goes. The reduction must go with
+    it: the user's threshold is kept and max_detections is back at its full value. (It used to
+    stay halved: the dashboard's change replaced the effort-reduced settings, which then became
+    the picker's full-effort base.)
+    """
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for p in sorted((DEMO / "selftest").glob("*.jpg")):
+        (images / p.name).write_bytes(p.read_bytes())
+    cfg = tmp_path / "config.yaml"
+    # 10 instances at full effort on every demo image (it finds 17+ above 0.05), 5 at fewer-detections.
+    cfg.write_text(
+        f"model:\n  path: {DEMO}\n  threads: 1\n"
+        f"source:\n  uri: {images}\n  loop: true\n"
+        f"postprocess:\n  conf_threshold: 0.05\n  max_detections: 10\n  refine:\n    open_px: 1\n"
+        f"adaptive:\n  enabled: true\n  latency_budget_ms: 150\n  min_dwell_s: 0\n  min_dwell_frames: 2\n"
+        f"  warmup_frames: 0\n  ewma_alpha: 1.0\n  retry_backoff_s: 0\n"
+        f"engines:\n  pid_file: {tmp_path / 'edgeseg.pid'}\n"
+    )
+    sink = PacedSink()
+    sink.delay_s = 0.3  # 300 ms a frame: over the 150 ms budget at every rung
+    daemon = Daemon(str(cfg), extra_sinks=lambda _c: [sink])
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+
+    def effort() -> int:
+        return int(daemon.stats().get("adaptive", {}).get("effort", -1))
+
+    try:
+        _wait(lambda: effort() == 2, "the picker to lower effort to no-refine+fewer-detections")
+        daemon.controls.set_conf_threshold(0.06)
+        sink.delay_s = 0.0  # the load is gone
+        _wait(lambda: effort() == 0, "the picker to restore full effort")
+        mark = sink.count() + 6  # past the frames in flight when effort came back
+        _wait(lambda: sink.count() >= mark + 4, "results at full effort")
+        recent = sink.since(mark)
+        assert daemon.controls.state()["conf_threshold"] == 0.06
+    finally:
+        daemon.request_stop()
+        thread.join(60)
+    assert not thread.is_alive()
+    assert [len(r.instances) for r in recent] == [10] * len(recent)  # max_detections back at 10, not 5
+    assert all(float(s) >= 0.06 for r in recent for s in r.instances.scores)  # the user's threshold stays

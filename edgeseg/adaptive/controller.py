@@ -13,8 +13,13 @@ output thread (``Pipeline(on_result=...)``). It
 3. predicts every other rung from the table (see ``table.py``) and asks the picker;
 4. applies a switch: ``processor.switch`` to the ladder's model for the new size (a bundle's
    engine not loaded yet is loaded in the background first, and the switch waits for it) and
-   new post-processing settings for the new effort level; logs it at INFO with its reason and
-   keeps it in a bounded history for the dashboard.
+   asks the owner of the post-processing settings to apply the new effort level; logs it at
+   INFO with its reason and keeps it in a bounded history for the dashboard.
+
+The controller never writes the processor's settings itself: their owner (``EffortOwner``)
+derives them, ``effort_settings(settings as the user set them, steps, level)``. In the daemon
+that is ``edgeseg.service.session.Session``, which the dashboard changes too; where nothing
+else changes them (a benchmark, a bare pipeline) ``PickerOnlySettings`` is the owner.
 
 What an effort level saves is not predicted: it depends on the scene (how many instances, how
 large) and on which stage is the bottleneck. Effort is lowered one level per dwell while the
@@ -37,15 +42,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
 from edgeseg.adaptive.ladder import ModelLadder
 from edgeseg.adaptive.picker import Decision, Goal, Observation, Picker, PickerParams, Rung, build_rungs
 from edgeseg.adaptive.table import ResolutionTable
-from edgeseg.bundle.select import PrecisionChoice
 from edgeseg.config.adaptive import AdaptiveConfig, EffortStep
 from edgeseg.errors import ConfigError
-from edgeseg.model import Model
+from edgeseg.model import LoadOptions, Model
 from edgeseg.pipeline.processor import FrameProcessor
 from edgeseg.postprocess.settings import PostprocessSettings, RefineSettings
 from edgeseg.structures import FrameResult
@@ -67,6 +71,29 @@ class _PipelineLike(Protocol):
 
     @property
     def source(self) -> Any: ...
+
+
+class EffortOwner(Protocol):
+    """Who owns the processor's post-processing settings and applies effort levels to them."""
+
+    def apply_effort(self, steps: Sequence[EffortStep], level: int) -> None:
+        """Make ``effort_settings(<the settings as the user set them>, steps, level)`` the processor's."""
+
+
+class PickerOnlySettings:
+    """``EffortOwner`` of a processor whose settings nothing but the picker changes.
+
+    The settings the processor has when this is made are the full-effort base for good; a
+    pipeline whose settings someone else changes as well (the daemon's dashboard) needs an owner
+    that both go through (``edgeseg.service.session.Session``).
+    """
+
+    def __init__(self, processor: FrameProcessor):
+        self._processor = processor
+        self._base = processor.postprocessor.settings
+
+    def apply_effort(self, steps: Sequence[EffortStep], level: int) -> None:
+        self._processor.postprocessor.settings = effort_settings(self._base, steps, level)
 
 
 def effort_names(steps: Sequence[EffortStep]) -> list[str]:
@@ -215,12 +242,14 @@ class AdaptiveController:
     """Feeds frame measurements to the table and the picker and applies its switches.
 
     Args:
-        processor: the running pipeline's FrameProcessor (its model and postprocessor settings
-            are what gets switched).
+        processor: the running pipeline's FrameProcessor (its model is what gets switched; its
+            settings at this point, the full-effort ones, decide which effort steps matter).
         ladder: models per size for the processor's network.
         config: the ``adaptive:`` section.
         workers: inference workers of the pipeline.
         clock: monotonic seconds (a test may pass its own).
+        owner: applies effort levels to the post-processing settings (default: a
+            ``PickerOnlySettings`` over ``processor``, for a pipeline nothing else changes).
     """
 
     def __init__(
@@ -230,6 +259,7 @@ class AdaptiveController:
         config: AdaptiveConfig,
         workers: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        owner: Optional[EffortOwner] = None,
     ):
         self.processor = processor
         self.ladder = ladder
@@ -238,8 +268,8 @@ class AdaptiveController:
         self._clock = clock
         self.params = params_from_config(config)
         self.goal = self.params.goal
-        self._base = processor.postprocessor.settings
-        self.steps = active_steps(self._base, config.effort_steps)
+        self.owner: EffortOwner = owner if owner is not None else PickerOnlySettings(processor)
+        self.steps = active_steps(processor.postprocessor.settings, config.effort_steps)
         self.effort_names = effort_names(self.steps)
         self.table = ResolutionTable(ladder.sizes, ladder.seed_ms(), config.ewma_alpha, workers)
         size = max(processor.input_size)
@@ -248,7 +278,6 @@ class AdaptiveController:
             processor.switch(ladder.get(size))
         self.rungs = build_rungs(ladder.sizes, len(self.steps))
         self.picker = Picker(self.params, self.rungs, Rung(size, 0), self.effort_names)
-        self._applied = self._base
         self._lock = threading.Lock()
         self._history: deque[Switch] = deque(maxlen=config.history)
         self._switches = 0
@@ -276,6 +305,21 @@ class AdaptiveController:
         """Close the models the ladder loaded; call after the pipeline has been joined."""
         self.ladder.close()
 
+    def resume(self) -> None:
+        """Take the pipeline back after a pause (a fixed resolution): the processor returns to the
+        picker's rung (its size and effort) and measuring starts again there, as after a switch.
+
+        Called by the owner that paused it, which stops feeding ``observe`` while paused.
+        """
+        rung = self.picker.current
+        self.processor.switch(self.ladder.get(rung.size))  # held: the picker ran at it
+        self.owner.apply_effort(self.steps, rung.effort)
+        self.table.restart(rung.size)
+        self._reset(self._clock())
+        with self._lock:
+            self._reason = f"resumed at {rung.describe(self.effort_names)}"
+            self._pending = None
+
     # -- per frame -----------------------------------------------------------------------------
 
     def _reset(self, now: float) -> None:
@@ -290,7 +334,6 @@ class AdaptiveController:
     def observe(self, result: FrameResult) -> Decision | None:
         """Measure one frame; the switch applied because of it, if any."""
         now = self._clock()
-        self._adopt_external_settings()
         rung = self.picker.current
         if max(result.resolution) != rung.size:
             return None  # prepared before the last switch
@@ -385,8 +428,7 @@ class AdaptiveController:
                 return None
             model: Model = self.ladder.get(to.size)
         if to.effort != cur.effort:
-            self._applied = effort_settings(self._base, self.steps, to.effort)
-            self.processor.postprocessor.settings = self._applied
+            self.owner.apply_effort(self.steps, to.effort)
         if to.size != cur.size:
             self.processor.switch(model)
             self.table.restart(to.size)
@@ -401,16 +443,6 @@ class AdaptiveController:
         log.info("adaptive: %s", decision.reason)
         self._reset(obs.now)
         return decision
-
-    def _adopt_external_settings(self) -> None:
-        """Settings replaced by someone else (the dashboard) become the new full-effort base."""
-        current = self.processor.postprocessor.settings
-        if current is self._applied:
-            return
-        self._base = current
-        effort = self.picker.current.effort
-        self._applied = effort_settings(current, self.steps, effort) if effort else current
-        self.processor.postprocessor.settings = self._applied
 
     # -- for the dashboard and the stats topic -------------------------------------------------
 
@@ -446,18 +478,17 @@ def open_adaptive(
     model_path: str | Path,
     model: Model,
     processor: FrameProcessor,
-    threads: int = 0,
-    device: str = "auto",
-    precision: PrecisionChoice = "auto",
-    workers: int = 1,
+    options: Optional[LoadOptions] = None,
+    owner: Optional[EffortOwner] = None,
 ) -> AdaptiveController:
-    """The ladder of ``model`` (loaded from ``model_path``) and a controller over ``processor``."""
-    ladder = ModelLadder.open(model_path, model, config.resolutions, threads=threads, device=device,
-                              precision=precision, workers=workers)
+    """The ladder of ``model`` (loaded from ``model_path`` with ``options``) and a controller over
+    ``processor`` whose effort levels ``owner`` applies (see ``AdaptiveController``)."""
+    options = options or LoadOptions()
+    ladder = ModelLadder.open(model_path, model, config.resolutions, options)
     try:
         if config.preload:
             ladder.preload()
-        controller = AdaptiveController(processor, ladder, config, workers=workers)
+        controller = AdaptiveController(processor, ladder, config, workers=options.workers, owner=owner)
     except Exception:
         ladder.close()
         raise

@@ -29,9 +29,9 @@ from pathlib import Path
 
 from edgeseg.bundle.device import probe_device
 from edgeseg.bundle.local import load_merged_manifest
-from edgeseg.bundle.select import PrecisionChoice, compatible_engines, resolutions, select_engine
+from edgeseg.bundle.select import compatible_engines, resolutions, select_engine
 from edgeseg.errors import BundleError, ConfigError, ModelError
-from edgeseg.model import MAX_INPUT_SIZE, MIN_INPUT_SIZE, Model, load_model
+from edgeseg.model import MAX_INPUT_SIZE, MIN_INPUT_SIZE, LoadOptions, Model
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +88,16 @@ class ModelLadder:
         path: str | Path,
         base: Model,
         sizes: Sequence[int] = (),
-        threads: int = 0,
-        device: str = "auto",
-        precision: PrecisionChoice = "auto",
-        workers: int = 1,
+        options: LoadOptions | None = None,
     ) -> ModelLadder:
-        """The ladder of the network at ``path`` (what ``base`` was loaded from).
+        """The ladder of the network at ``path`` (what ``base`` was loaded from, with ``options``).
 
         ``sizes`` restricts the ladder (empty: every engine of a bundle, or 320..640 for a
-        dynamic ONNX); sizes a bundle has no engine for are refused with the sizes it has.
+        dynamic ONNX); sizes a bundle has no engine for are refused with the sizes it has. A
+        bundle's other sizes are loaded with ``options``, as the base was.
         """
         if base.bundle is not None:
-            return cls._open_bundle(Path(path), base, sizes, threads, device, precision, workers)
+            return cls._open_bundle(Path(path), base, sizes, options or LoadOptions())
         if not base.spec.dynamic:
             if sizes and set(sizes) != {_size(base)}:
                 log.warning("model %s has a fixed %d input: adaptive sizes %s ignored (effort levels only)",
@@ -116,16 +114,14 @@ class ModelLadder:
         return cls(base, wanted, held=held, kind="dynamic")
 
     @classmethod
-    def _open_bundle(
-        cls, path: Path, base: Model, sizes: Sequence[int], threads: int, device: str, precision: PrecisionChoice,
-        workers: int,
-    ) -> ModelLadder:
+    def _open_bundle(cls, path: Path, base: Model, sizes: Sequence[int], options: LoadOptions) -> ModelLadder:
         path = path.resolve()
         manifest = load_merged_manifest(path)  # as load_model reads it: with device-built plans
         if manifest != base.bundle:
             raise BundleError(f"bundle {path}: changed since the model was loaded (re-flashed?); reload to use it")
         here = probe_device()
         ok, _ = compatible_engines(manifest, here)
+        precision = options.precision
         if precision != "auto":
             ok = [e for e in ok if e.precision == precision]
         have = resolutions(ok)
@@ -142,7 +138,7 @@ class ModelLadder:
                 seed[s] = engine.latency.median_ms
 
         def load(size: int) -> Model:
-            model = load_model(path, imgsz=size, threads=threads, device=device, precision=precision, workers=workers)
+            model = options.load(path, imgsz=size)
             if model.bundle != manifest:
                 model.close()
                 raise BundleError(f"bundle {path}: changed while loading resolution {size}; reload to use it")

@@ -67,6 +67,18 @@ class DashboardSink(Sink):
         """The sink with the stream settings of the ``dashboard`` config section."""
         return cls(jpeg_quality=config.jpeg_quality, max_width=config.stream_max_width)
 
+    def retune(self, jpeg_quality: int, max_width: int) -> None:
+        """New stream settings (a reload), from the next frame a viewer gets; the frames, counts
+        and latency history so far are kept."""
+        if not 10 <= jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 10..100, got {jpeg_quality}")
+        if max_width < 0:
+            raise ValueError(f"max_width must be >= 0, got {max_width}")
+        with self._encode_lock:
+            if (jpeg_quality, max_width) != (self.jpeg_quality, self.max_width):
+                self.jpeg_quality, self.max_width = jpeg_quality, max_width
+                self._encoded.clear()  # encoded with the old settings
+
     # -- the pipeline side ------------------------------------------------------------------------
 
     def write(self, result: FrameResult) -> None:

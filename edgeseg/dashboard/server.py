@@ -34,11 +34,14 @@ start without one. Clients send ``Authorization: Bearer <token>``; GET requests 
 ``?token=`` instead (``<img>`` and ``EventSource`` cannot set headers). Tokens are compared in
 constant time; a request without a valid one gets 401 and nothing else. Without a token, a
 request a browser marks as coming from another site (``Sec-Fetch-Site: cross-site`` or
-``same-site``, as for an ``<img>`` on a web page elsewhere) is refused with 403.
+``same-site``, as for an ``<img>`` on a web page elsewhere) is refused with 403. The server hands
+out no cookie or session: the token is checked on every request, so a token replaced at a reload
+(``reconfigure``) is refused from the next request on, and a stream opened with it ends.
 """
 
 from __future__ import annotations
 
+import errno as errno_codes
 import hmac
 import json
 import logging
@@ -125,7 +128,41 @@ def _step_down() -> None:
 
 
 class DashboardError(EdgesegError):
-    """The dashboard cannot start: an address refused, or no token for a non-loopback address."""
+    """The dashboard cannot start: an address refused, or no token for a non-loopback address.
+
+    ``errno``: the socket error's number when binding failed (``errno.EADDRINUSE``: the port is
+    taken), else None.
+    """
+
+    def __init__(self, message: str, errno: Optional[int] = None):
+        super().__init__(message)
+        self.errno = errno
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use a running server: replaced as one object, so a request reads a consistent pair.
+
+    ``generation`` counts token changes: a stream admitted under an older generation ends.
+    """
+
+    token: Optional[str]
+    loopback: bool
+    generation: int = 0
+
+
+def _clean_token(token: Optional[str]) -> Optional[str]:
+    """A blank token counts as none (it must never match an empty ``?token=``)."""
+    return token.strip() or None if token is not None else None
+
+
+def _listen_error(host: str, port: int, exc: BaseException) -> DashboardError:
+    """Why binding ``host:port`` failed, in one line naming the field to change."""
+    number = getattr(exc, "errno", None)
+    field = "dashboard.port" if number == errno_codes.EADDRINUSE else "dashboard.host"
+    reason = getattr(exc, "strerror", None) or str(exc)
+    taken = "; another process listens there" if number == errno_codes.EADDRINUSE else ""
+    return DashboardError(f"field '{field}': cannot listen on {host}:{port} ({reason}{taken})", number)
 
 
 # -- access -----------------------------------------------------------------------------------
@@ -471,6 +508,12 @@ class DashboardServer:
             (``SystemMonitor``). A telemetry snapshot of ``edgeseg.monitor`` (its ``as_dict()``,
             recognised by its ``readings``) is accepted as it is.
         token: overrides the config's token (tests); default ``config.resolve_token()``.
+
+    Starting is two steps where a reload needs them apart (``edgeseg.service.outputs``):
+    ``bind`` opens the listening socket (what can fail: the port is taken, the address is
+    refused), ``start`` serves it. ``reconfigure`` applies a changed section to a running server
+    on the same address: a new token is in force for the next request, and streams opened with
+    the old one end.
     """
 
     def __init__(
@@ -491,8 +534,7 @@ class DashboardServer:
         self.metrics = metrics
         self.switches = switches
         resolved = token if token is not None else config.resolve_token()
-        self.token = resolved.strip() or None if resolved is not None else None
-        self.loopback = config.loopback
+        self._access = Access(_clean_token(resolved), config.loopback)
         self.page = Page.load()
         self._system = system or SystemMonitor().read
         self._system_cache: tuple[float, Mapping[str, Any]] = (-math.inf, {})
@@ -505,8 +547,12 @@ class DashboardServer:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Bind and serve; ``DashboardError`` when the address is refused or needs a token."""
+    def bind(self) -> None:
+        """Open the listening socket; ``DashboardError`` (one line) when the address is refused,
+        the port taken, or the address needs a token. Connections wait in the socket's backlog
+        until ``start``. Idempotent."""
+        if self._httpd is not None:
+            return
         host, port = self.config.host, self.config.port
         if not self.loopback and not self.token:
             raise DashboardError(
@@ -516,7 +562,14 @@ class DashboardServer:
         try:
             self._httpd = _HTTPServer((host.strip("[]"), port), self)
         except (OSError, OverflowError) as exc:
-            raise DashboardError(f"dashboard: cannot listen on {host}:{port} ({exc})") from None
+            raise _listen_error(host, port, exc) from None
+
+    def start(self) -> None:
+        """Bind (unless ``bind`` did) and serve; ``DashboardError`` as for ``bind``."""
+        self.bind()
+        if self._thread is not None:
+            return
+        assert self._httpd is not None
         self._stopping.clear()
         self._thread = threading.Thread(target=self._serve, args=(self._httpd,), name="edgeseg-dashboard", daemon=True)
         self._thread.start()
@@ -528,10 +581,11 @@ class DashboardServer:
         httpd.serve_forever(poll_interval=ACCEPT_POLL_S)
 
     def stop(self) -> None:
-        """Stop serving; open streams end within POLL_S. Idempotent."""
+        """Stop serving (or release a socket only bound); open streams end within POLL_S. Idempotent."""
         self._stopping.set()
         if self._httpd is not None:
-            self._httpd.shutdown()
+            if self._thread is not None:  # shutdown() waits for serve_forever, which a bound-only one never ran
+                self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
         if self._thread is not None:
@@ -548,6 +602,47 @@ class DashboardServer:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    @property
+    def access(self) -> Access:
+        """The token and loopback flag in force (one object: read it once per request)."""
+        return self._access
+
+    @property
+    def token(self) -> Optional[str]:
+        return self._access.token
+
+    @property
+    def loopback(self) -> bool:
+        return self._access.loopback
+
+    @property
+    def serving(self) -> bool:
+        return self._thread is not None
+
+    def reconfigure(self, config: DashboardConfig, token: Optional[str]) -> bool:
+        """Apply ``config`` (same host and port) and ``token`` to this server as it runs.
+
+        Stream pace, event rate and viewer limit hold from the next request; a changed token
+        holds from the next request too (the old one gets 401), and a stream admitted with the
+        old one ends within POLL_S: revoking a token revokes what it opened. True when the
+        token changed. ``DashboardError`` when the address needs a token and none is given;
+        ``ValueError`` for another host or port (that needs a new server and socket).
+        """
+        if (config.host, config.port) != (self.config.host, self.config.port):
+            raise ValueError(f"dashboard: {config.host}:{config.port} is not the address served "
+                             f"({self.config.host}:{self.config.port}); a new address needs a new server")
+        token = _clean_token(token)
+        loopback = config.loopback
+        if not loopback and not token:
+            raise DashboardError(f"dashboard.host {config.host!r} is reachable from other machines: set "
+                                 "dashboard.token or dashboard.token_file")
+        with self._lock:
+            old = self._access
+            changed = token != old.token
+            self._access = Access(token, loopback, old.generation + (1 if changed else 0))
+            self.config = config
+        return changed
 
     @property
     def port(self) -> int:
@@ -644,6 +739,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "edgeseg-dashboard"
     sys_version = ""
     timeout = SOCKET_TIMEOUT_S
+    _generation = 0  # the token generation this connection's request was admitted under
 
     @property
     def app(self) -> DashboardServer:
@@ -727,14 +823,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, to_json({"error": message}).encode("utf-8"), "application/json; charset=utf-8", extra)
 
     def _allowed(self, params: Mapping[str, str]) -> bool:
-        if not self.app.token and (self.headers.get("Sec-Fetch-Site") or "").strip().lower() in CROSS_SITE:
+        access = self.app.access  # once: a token replaced meanwhile applies from the next request
+        if not access.token and (self.headers.get("Sec-Fetch-Site") or "").strip().lower() in CROSS_SITE:
             self._error(HTTPStatus.FORBIDDEN, "requests from other sites need a token (dashboard.token)")
             return False
         denied = authorize(
-            self.app.token, self.app.loopback, self.command,
+            access.token, access.loopback, self.command,
             self.headers.get("Authorization"), params.get("token"), self.headers.get("Host"),
         )
         if denied is None:
+            self._generation = access.generation
             return True
         extra = {"WWW-Authenticate": 'Bearer realm="edgeseg"'} if denied.status == HTTPStatus.UNAUTHORIZED else None
         self._error(denied.status, denied.reason, extra)
@@ -878,11 +976,16 @@ class _Handler(BaseHTTPRequestHandler):
         except (OSError, ValueError):  # reset, or closed under us
             return True
 
+    def _revoked(self) -> bool:
+        """True once the token this request was admitted with has been replaced."""
+        return self.app.access.generation != self._generation
+
     def _linger(self, seconds: float) -> bool:
-        """Wait ``seconds`` in POLL_S steps; True when the stream must end (stopping, client gone)."""
+        """Wait ``seconds`` in POLL_S steps; True when the stream must end (stopping, client
+        gone, token replaced)."""
         deadline = time.monotonic() + seconds
         while True:
-            if self._client_gone():
+            if self._client_gone() or self._revoked():
                 return True
             rest = deadline - time.monotonic()
             if rest <= 0:
@@ -908,7 +1011,7 @@ class _Handler(BaseHTTPRequestHandler):
                 jpeg: bytes | None = None
                 sent = time.monotonic()
                 while not self.app.stopping and not feed.closed:
-                    if self._client_gone():
+                    if self._client_gone() or self._revoked():
                         break
                     started = time.monotonic()
                     got = feed.next_jpeg(last, view, timeout=POLL_S)
@@ -937,7 +1040,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(f"retry: {SSE_RETRY_MS}\n\n".encode("ascii"))
             event_id = 0
             latency_after = max(0, self.app.feed.seq - LATENCY_SAMPLES_PER_EVENT)
-            while not self.app.stopping:
+            while not self.app.stopping and not self._revoked():
                 payload = self.app.state(latency_after)
                 if payload["latency"]:
                     latency_after = payload["latency"][-1][0]

@@ -73,10 +73,11 @@ def _loader(args: argparse.Namespace) -> BundleLoader:
 
     if not getattr(args, "config", None):
         return load_as_the_daemon
+    from edgeseg.app import load_options
     from edgeseg.config import load_config
 
-    m = load_config(args.config).model
-    return partial(load_as_the_daemon, imgsz=m.imgsz, threads=m.threads, device=m.device, precision=m.precision)
+    config = load_config(args.config)
+    return partial(load_as_the_daemon, options=load_options(config), imgsz=config.model.imgsz)
 
 
 # -- output ----------------------------------------------------------------------------------

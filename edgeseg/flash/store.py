@@ -58,7 +58,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Final, Optional
+from typing import TYPE_CHECKING, Callable, Final, Optional
 
 from edgeseg.bundle.device import DeviceInfo, probe_device
 from edgeseg.bundle.local import is_device_path, overlay_problems
@@ -76,6 +76,9 @@ from edgeseg.bundle.verify import file_problem, partition_engines
 from edgeseg.durable import fsync_dir
 from edgeseg.errors import BundleError
 from edgeseg.flash.signature import SIGNATURE_NAME, signature_problem
+
+if TYPE_CHECKING:
+    from edgeseg.model import LoadOptions
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +107,14 @@ EngineSelfTest = Callable[[Path, Manifest, EngineRecord], Optional[SelfTestResul
 BundleLoader = Callable[[Path], str]
 
 
-def load_as_the_daemon(path: Path, **options: object) -> str:
-    """Load the bundle at ``path`` with ``edgeseg.model.load_model`` (``options`` as the daemon's
-    ``model`` section gives them): the engine choice, its hash, its self-test and the fallback
-    to the next engine, exactly as a reload will run them. Raises when nothing loads."""
-    from edgeseg.model import load_model  # lazy: imports the backends
+def load_as_the_daemon(path: Path, options: Optional[LoadOptions] = None, imgsz: Optional[int] = None) -> str:
+    """Load the bundle at ``path`` as the daemon's configuration loads it (``options``: its
+    ``edgeseg.app.load_options``; ``imgsz``: its ``model.imgsz``): the engine choice, its hash,
+    its self-test and the fallback to the next engine, exactly as a reload will run them. Raises
+    when nothing loads."""
+    from edgeseg.model import LoadOptions  # lazy: imports the backends
 
-    model = load_model(path, **options)  # type: ignore[arg-type]
+    model = (options if options is not None else LoadOptions()).load(path, imgsz=imgsz)
     try:
         e = model.engine
         return f"{e.file} ({describe_engine(e)})" if e is not None else model.spec.name

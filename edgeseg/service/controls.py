@@ -1,17 +1,18 @@
-"""The dashboard's controls, applied to the running daemon.
+"""The dashboard's controls, applied to the running daemon through its ``Session``.
 
-Thresholds and NMS mode replace the postprocessor's settings object (read once per frame, so
-the next frame uses them; the adaptive controller adopts them as its new full-effort base). A
-fixed resolution pins the processor to that rung of the model ladder and suspends the picker;
-"auto" hands control back to it.
+Thresholds and NMS mode change the settings as the user set them; the Session derives what the
+processor runs from them and the picker's effort level (read once per frame, so the next frame
+uses them). A fixed resolution pins the processor to that rung of the model ladder and suspends
+the picker; "auto" hands control back to it. These controls hold no state of their own and never
+touch the processor: the Session is the one owner (see ``edgeseg.service.session``).
 
 A source switch is checked before it is answered: the URI is refused at the door when it is not
 text that can be opened (``check_source``), then the source is test-opened until it gives a
 first frame, within SOURCE_TEST_TIMEOUT_S, in a thread of its own (a network stream that hangs
 in OpenCV cannot hang the answer). Only then is it a reload with the new URI laid over the
-config (``Daemon.switch_source``), through the same checks as SIGHUP; a reload that still fails
-restores the overrides from before the switch, so a refused source is never laid over a later
-reload. A file or folder (a finite source) is switched to looping: the daemon is a service, and
+config (the daemon's ``switch_source`` callback), through the same checks as SIGHUP; a reload
+that still fails restores the overrides from before the switch, so a refused source is never
+laid over a later reload. A file or folder (a finite source) is switched to looping: the daemon is a service, and
 a clip chosen on the dashboard plays until the next switch instead of ending the daemon with it.
 """
 
@@ -19,20 +20,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+import typing
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final, List, Optional
+from typing import Any, Final, List
 
 from edgeseg.dashboard.controls import check_source
 from edgeseg.errors import SourceError
 from edgeseg.postprocess.settings import NmsMethod
+from edgeseg.service.session import Session
 from edgeseg.sources import open_source
 from edgeseg.sources.base import SourceOptions
 from edgeseg.sources.uri import mask_credentials
-
-if TYPE_CHECKING:
-    from edgeseg.adaptive.ladder import ModelLadder
-    from edgeseg.service.daemon import Daemon
 
 SOURCE_TEST_TIMEOUT_S: Final = 10.0
 """Longest a source switch waits for the new source's first frame before refusing it."""
@@ -89,42 +87,30 @@ def probe_source(uri: str, options: SourceOptions, timeout: float = SOURCE_TEST_
     return bool(result)
 
 
+SwitchSource = typing.Callable[[str, bool], None]  # evaluated at import: 3.8's form
+"""Reloads with a new source URI; ``loop``: restart a finite one at its end (``Daemon.switch_source``)."""
+
+
 class DaemonControls:
-    """``edgeseg.dashboard.controls.Controls`` over a running Daemon."""
+    """``edgeseg.dashboard.controls.Controls`` over the daemon's ``Session``.
 
-    def __init__(self, daemon: Daemon, open_ladder: Callable[[], ModelLadder]):
-        self._daemon = daemon
-        self._open_ladder = open_ladder
-        self._lock = threading.Lock()
-        self.fixed_size: Optional[int] = None
+    Settings, resolution and pause are changes of the Session, the one owner of the running
+    state; the state shown is its ``view``. A source switch, once test-opened, is a reload,
+    which the daemon does: ``switch_source(uri, loop)``.
+    """
 
-    def _processor(self) -> Any:
-        active = self._daemon.active
-        if active is None:
-            raise ValueError("the pipeline is restarting; try again")
-        return active.runtime.processor
-
-    def _update(self, **changes: Any) -> None:
-        with self._lock:
-            processor = self._processor()
-            processor.postprocessor.settings = replace(processor.postprocessor.settings, **changes)
+    def __init__(self, session: Session, switch_source: SwitchSource):
+        self._session = session
+        self._switch_source = switch_source
 
     def set_conf_threshold(self, value: float) -> None:
-        self._update(conf_threshold=value)
+        self._session.change_settings(conf_threshold=value)
 
     def set_nms(self, method: NmsMethod) -> None:
-        self._update(nms=method)
+        self._session.change_settings(nms=method)
 
     def set_resolution(self, size: int | None) -> None:
-        with self._lock:
-            if size is None:
-                self.fixed_size = None
-                return
-            ladder = self._open_ladder()
-            if size not in ladder.sizes:
-                raise ValueError(f"resolution {size}: expected one of {list(ladder.sizes)} or auto")
-            self._processor().switch(ladder.get(size))
-            self.fixed_size = size
+        self._session.set_resolution(size)
 
     def set_source(self, uri: str) -> None:
         """Switch to ``uri`` once it has given a frame; ``ValueError``/``SourceError`` otherwise.
@@ -133,38 +119,32 @@ class DaemonControls:
         not test-opened (a camera opens once) and not reloaded.
         """
         uri = check_source(uri)
-        active = self._daemon.active
-        if active is None:
-            raise ValueError("the pipeline is restarting; try again")
-        if uri == (active.config.source.uri or ""):
+        config = self._session.config()
+        if uri == (config.source.uri or ""):
             return
-        options = replace(active.config.source_options(), loop=False,
+        options = replace(config.source_options(), loop=False,
                           open_timeout_s=SOURCE_TEST_CONNECT_S, read_timeout_s=SOURCE_TEST_CONNECT_S)
         finite = probe_source(uri, options, SOURCE_TEST_TIMEOUT_S)
-        self._daemon.switch_source(uri, loop=finite)
+        self._switch_source(uri, finite)
 
     def set_paused(self, paused: bool) -> None:
-        active = self._daemon.active
-        if active is None:
-            raise ValueError("the pipeline is restarting; try again")
-        active.pipeline.set_paused(paused)
+        self._session.set_paused(paused)
 
     def resolutions(self) -> list[int]:
         try:
-            return list(self._open_ladder().sizes)
+            return self._session.resolutions()
         except Exception:  # a model without a ladder still gets the rest of the page
             return []
 
     def state(self) -> dict[str, Any]:
-        active = self._daemon.active
-        if active is None:
+        view = self._session.view()
+        if view is None:
             return {}
-        settings = active.runtime.processor.postprocessor.settings
         return {
-            "conf_threshold": settings.conf_threshold,
-            "nms": settings.nms,
-            "resolution": "auto" if self.fixed_size is None else self.fixed_size,
-            "source": mask_credentials(active.config.source.uri or ""),
-            "paused": active.pipeline.paused,
+            "conf_threshold": view.settings.conf_threshold,
+            "nms": view.settings.nms,
+            "resolution": "auto" if view.fixed_size is None else view.fixed_size,
+            "source": mask_credentials(view.source),
+            "paused": view.paused,
             "resolutions": self.resolutions(),
         }

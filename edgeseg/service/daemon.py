@@ -1,14 +1,25 @@
 """``edgeseg serve``: the pipeline as a long-running systemd service.
 
-    start ─► load config ─► open persistent outputs (MQTT) ─► build runtime ─► READY=1
+    start ─► load config ─► open persistent outputs (dashboard, MQTT) ─► build runtime ─► READY=1
       loop every tick: watchdog (only while no stage is stalled) · STATUS= and stats every N s
-      SIGHUP  ─► RELOADING=1 ─► new config + model checked ─► old pipeline drained ─► new one ─► READY=1
+      SIGHUP  ─► RELOADING=1 ─► new config read, its changes planned (a restart-only field refuses)
+              ─► new model opened ─► outputs prepared (token, socket, publisher) ─► old pipeline
+              drained ─► new one started ─► outputs committed ─► READY=1
       SIGTERM ─► STOPPING=1 ─► capture stops, frames in flight finished and flushed ─► exit 0
       engines.build_on_start, serving a bundle's ONNX Runtime engine where TensorRT is installed:
               TensorRT plans built in a background thread ─► reload (as SIGHUP) onto them
 
-A reload that fails (bad config, refused bundle, camera gone) keeps or restores the running
-configuration and says why; the MQTT session lives across reloads, so subscribers never see
+What runs is one generation (config, runtime, pipeline, picker), built by the same assembly as
+``edgeseg run`` (``edgeseg.app.build_runtime``, with the model already loaded and checked and
+file sinks appending) and held by the ``Session`` (``edgeseg.service.session``), the one owner
+of the running state: the daemon begins and ends generations there, the dashboard's controls
+and the adaptive picker change settings, resolution and effort only through it.
+
+A reload applies everything it reads (``edgeseg.service.reload_plan`` classifies every field;
+``edgeseg.service.outputs`` applies the dashboard and MQTT sections in two phases) or refuses
+whole: one that fails (bad config, a restart-only field, a port taken, an unreadable token file,
+a refused bundle, camera gone) keeps or restores the running configuration and says why. An
+unchanged ``mqtt:`` section keeps its broker session across reloads, so subscribers never see
 the device go offline for a reload. The daemon never exits on a dropped camera or broker: live
 sources reconnect and MQTT queues on disk. It exits non-zero only on a fatal pipeline error,
 which is systemd's cue to restart it.
@@ -24,34 +35,30 @@ import threading
 import time
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from edgeseg.adaptive.controller import AdaptiveController, open_adaptive
-from edgeseg.adaptive.ladder import ModelLadder
-from edgeseg.app import Runtime, build_pipeline, build_processor, open_model
+from edgeseg.app import build_pipeline, build_runtime, load_options, open_model
 from edgeseg.bundle.selftest import LEDGER
 from edgeseg.config import Config, load_config
-from edgeseg.dashboard.feed import DashboardSink
-from edgeseg.dashboard.server import DashboardServer
 from edgeseg.errors import EdgesegError, SinkError
 from edgeseg.model import Model
 from edgeseg.monitor.metrics import StageHistograms, render_metrics
 from edgeseg.monitor.telemetry import Telemetry
-from edgeseg.pipeline.runner import Pipeline
 from edgeseg.service.build_on_start import BuildOnStart
 from edgeseg.service.controls import DaemonControls
 from edgeseg.service.logs import configure_service_logging
 from edgeseg.service.notify import Notifier, watchdog_interval_s
+from edgeseg.service.outputs import PersistentOutputs
+from edgeseg.service.reload_plan import Apply, plan_reload
+from edgeseg.service.session import Generation, Session
 from edgeseg.service.stats import snapshot, status_line
-from edgeseg.sinks import create_sink, sink_kind
+from edgeseg.sinks import sink_kind
 from edgeseg.sinks.base import Sink
 from edgeseg.sinks.coco import SERVE_REFUSAL as COCO_SERVE_REFUSAL
-from edgeseg.sources import open_source
 from edgeseg.sources.uri import mask_credentials
-from edgeseg.structures import FrameResult
 
 log = logging.getLogger("edgeseg.serve")
 
@@ -62,39 +69,7 @@ EXIT_OK, EXIT_FAILED = 0, 1
 #: Taking the pid file's lock: tries and the pause between them (about a second in all).
 PID_LOCK_TRIES, PID_LOCK_RETRY_S = 20, 0.05
 
-PersistentSinks = typing.Callable[[Config], typing.List[Sink]]  # evaluated at import: 3.8's form
-
-
-@dataclass
-class _Active:
-    """What is running now: its config, runtime and pipeline, and what watches them."""
-
-    config: Config
-    runtime: Runtime
-    pipeline: Pipeline
-    histograms: StageHistograms
-    controller: AdaptiveController | None = None
-    ladder: ModelLadder | None = None
-
-    def open_ladder(self) -> ModelLadder:
-        """The model per resolution (the picker's, or one opened on demand for a fixed size)."""
-        if self.controller is not None:
-            return self.controller.ladder
-        if self.ladder is None:
-            m, c = self.config.model, self.config
-            self.ladder = ModelLadder.open(
-                m.path or "", self.runtime.model, c.adaptive.resolutions, threads=m.threads, device=m.device,
-                precision=m.precision, workers=c.pipeline.inference_workers,
-            )
-        return self.ladder
-
-    def close(self) -> None:
-        """After the pipeline has been joined: the ladder's extra models, then the runtime."""
-        if self.controller is not None:
-            self.controller.close()
-        if self.ladder is not None:
-            self.ladder.close()
-        self.runtime.close()
+ExtraSinks = typing.Callable[[Config], typing.List[Sink]]  # evaluated at import: 3.8's form
 
 
 def check_serve_sinks(config: Config) -> None:
@@ -104,31 +79,14 @@ def check_serve_sinks(config: Config) -> None:
             raise SinkError(f"output.sinks {mask_credentials(spec)!r}: refused under serve: {COCO_SERVE_REFUSAL}")
 
 
-def _open_runtime(config: Config, model: Model) -> Runtime:
-    """Source and per-run sinks for an already loaded model (closed again on any failure)."""
-    from contextlib import ExitStack
-
-    with ExitStack() as stack:
-        stack.callback(model.close)
-        source = open_source(config.source.uri or "", config.source_options())
-        stack.callback(source.close)
-        sinks: list[Sink] = []
-        for spec in config.output.sinks:
-            sink = create_sink(spec, config.sink_options(append=True))
-            stack.callback(sink.close)
-            sinks.append(sink)
-        processor = build_processor(config, model)
-        return Runtime(model, processor, source, sinks, stack.pop_all())
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 class Daemon:
     """Runs the configured pipeline until SIGTERM, reloading on SIGHUP.
 
     Args:
         config_path: the YAML file re-read on every reload.
         overrides: command-line values laid over the file, on start and on every reload.
-        persistent_sinks: opens outputs that outlive reloads (the MQTT publisher).
+        extra_sinks: opens further sinks that outlive reloads, fed after the dashboard and MQTT
+            (tests use it for a sink that measures or slows the pipeline).
         build_on_start: builds a bundle's TensorRT plans in the background (``engines.build_on_start``).
     """
 
@@ -136,18 +94,18 @@ class Daemon:
         self,
         config_path: str | None,
         overrides: Mapping[str, Any] | None = None,
-        persistent_sinks: PersistentSinks | None = None,
+        extra_sinks: ExtraSinks | None = None,
         notifier: Notifier | None = None,
         build_on_start: BuildOnStart | None = None,
     ):
         self.config_path = config_path
         self.overrides = dict(overrides or {})
-        self._persistent_factory = persistent_sinks
+        self._extra_factory = extra_sinks
         self.notifier = notifier or Notifier()
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._persistent: list[Sink] = []
-        self._active: _Active | None = None
+        self._extra: list[Sink] = []
+        self.session = Session()  # what runs now, and the one writer of its settings
         self._started = time.monotonic()
         self._last_stats = 0.0
         self.reloads = 0
@@ -157,19 +115,13 @@ class Daemon:
         self._pid_file: Path | None = None
         self._pid_fd: int | None = None
         self._reload_attempts = 0
-        self.controls = DaemonControls(self, self._open_ladder)
+        self.controls = DaemonControls(self.session, self.switch_source)
+        # The dashboard and the MQTT publisher: they outlive generations, and reloads apply their
+        # sections in two phases (prepare before anything running is touched, commit after).
+        self.outputs = PersistentOutputs(self.controls, self.stats, metrics=self.metrics,
+                                         switches=self._switches, system=self._system)
         self.telemetry: Telemetry | None = None
         self.build_on_start = build_on_start or BuildOnStart()
-
-    @property
-    def active(self) -> _Active | None:
-        """What runs now (None while a reload swaps pipelines)."""
-        return self._active
-
-    def _open_ladder(self) -> ModelLadder:
-        if self._active is None:
-            raise ValueError("the pipeline is restarting; try again")
-        return self._active.open_ladder()
 
     def switch_source(self, uri: str, loop: bool = False) -> None:
         """Reload with ``uri`` as the source (the dashboard's switch, test-opened by DaemonControls).
@@ -220,57 +172,70 @@ class Daemon:
         check_serve_sinks(config)
         return config
 
-    def _start(self, config: Config, model: Model | None = None) -> _Active:
-        model = model if model is not None else open_model(config)
-        runtime = _open_runtime(config, model)
-        histograms = StageHistograms()
-        controller = None
+    def _start(self, config: Config, model: Model | None = None) -> Generation:
+        """Build a generation of ``config`` (with ``model``, already loaded from it, when given),
+        make it the Session's and start its pipeline."""
+        runtime = build_runtime(config, model=model, append=True)  # owns the model from here
+        controller: AdaptiveController | None = None
         try:
             if config.adaptive.enabled:
-                m = config.model
-                controller = open_adaptive(config.adaptive, m.path or "", model, runtime.processor,
-                                           threads=m.threads, device=m.device, precision=m.precision,
-                                           workers=config.pipeline.inference_workers)
+                controller = open_adaptive(config.adaptive, config.model.path or "", runtime.model,
+                                           runtime.processor, load_options(config), owner=self.session)
+            sinks = [*runtime.sinks, *self.outputs.sinks, *self._extra]
+            pipeline = build_pipeline(config, runtime.source, runtime.processor, sinks,
+                                      on_result=self.session.observe)
         except Exception:
+            if controller is not None:
+                controller.close()
             runtime.close()
             raise
-
-        def on_result(result: FrameResult) -> None:
-            histograms.observe(result)
-            if controller is not None and self.controls.fixed_size is None:
-                controller.observe(result)
-
-        pipeline = build_pipeline(config, runtime.source, runtime.processor, [*runtime.sinks, *self._persistent],
-                                  on_result=on_result)
         if controller is not None:
             controller.attach(pipeline)
+        generation = Generation(config, runtime, pipeline, StageHistograms(), controller)
+        self.session.begin(generation)
         pipeline.start()
-        return _Active(config, runtime, pipeline, histograms, controller)
+        return generation
 
     def _stop_active(self) -> None:
-        if self._active is None:
+        generation = self.session.generation
+        if generation is None:
             return
-        self._active.pipeline.stop()
+        generation.pipeline.stop()
         try:
-            while not self._active.pipeline.join(TICK_S):
+            while not generation.pipeline.join(TICK_S):
                 self._tick_watchdog()
         except Exception as exc:  # a stage's failure, re-raised by join: report it, still clean up
             log.error("pipeline ended with: %s", exc)
         finally:
-            active, self._active = self._active, None
-            active.close()
+            self.session.end()
+            generation.close()
 
     def _do_reload(self) -> None:
-        """Switch to the re-read config and model; keep or restore the old ones on failure."""
+        """Switch to the re-read config: all of it or none of it.
+
+        Everything that can be refused is checked while the old pipeline still runs: the config,
+        its plan (a field only a restart can change refuses the reload), the model, and the
+        outputs' prepare (token read, a new port bound, a new publisher built). Then the old
+        pipeline is drained, the new one started, and only then the outputs committed; when the
+        new pipeline cannot start, the prepared outputs are released and the old configuration
+        started again, so nothing of a failed reload stays applied.
+        """
         self.notifier.reloading()
-        assert self._active is not None
-        old = self._active.config
+        running = self.session.generation
+        assert running is not None
+        old = running.config
         before_switch, self._before_switch = self._before_switch, None
         self._reload_attempts += 1
+        model: Model | None = None
         try:
             new = self._load_config()
+            plan = plan_reload(old, new)
+            plan.check()
             model = open_model(new)  # the bundle behind model.path may have been re-flashed
+            prepared = self.outputs.prepare(new)
         except EdgesegError as exc:
+            if model is not None:
+                model.close()
             log.error("reload refused, keeping the running configuration: %s", exc)
             if before_switch is not None:  # a refused source switch is not laid over later reloads
                 self.overrides = before_switch
@@ -279,28 +244,34 @@ class Daemon:
             return
         self._stop_active()
         try:
-            self._active = self._start(new, model)
-            self.reloads += 1
-            log.info("reloaded: model %s, source %s", model.spec.name, mask_credentials(new.source.uri or ""))
-            self.build_on_start.start(new, model, self.request_reload)  # a newly activated bundle's plans
-            self._verdict(True, f"reloaded: model {model.spec.name}")
+            self._start(new, model)
         except EdgesegError as exc:
             log.error("reload failed (%s); restoring the previous configuration", exc)
+            self.outputs.abort(prepared)
             if before_switch is not None:
                 self.overrides = before_switch
             self._verdict(False, f"reload failed: {exc}")
-            self._active = self._start(old)
+            self._start(old)
+            self.notifier.ready(status_line(self.stats()))
+            return
+        self.outputs.commit(prepared)
+        if plan.touches(Apply.LOGGING):
+            configure_service_logging(new.log_level, new.service.log_format)
+        self.reloads += 1
+        log.info("reloaded: model %s, source %s; %s", model.spec.name, mask_credentials(new.source.uri or ""),
+                 plan.describe())
+        self.build_on_start.start(new, model, self.request_reload)  # a newly activated bundle's plans
+        self._verdict(True, f"reloaded: model {model.spec.name}")
         self.notifier.ready(status_line(self.stats()))
 
     def stats(self) -> dict[str, Any]:
-        active = self._active
+        active = self.session.generation
         if active is None:
             return {}
         extra: dict[str, Any] = {"reloads": self.reloads, "paused": active.pipeline.paused}
-        for sink in self._persistent:
-            describe = getattr(sink, "status", None)
-            if callable(describe):
-                extra["mqtt"] = describe()
+        mqtt = self.outputs.mqtt_status()
+        if mqtt is not None:
+            extra["mqtt"] = mqtt
         if active.controller is not None:
             extra["adaptive"] = active.controller.snapshot()
         if self.telemetry is not None:
@@ -310,7 +281,7 @@ class Daemon:
 
     def metrics(self) -> str:
         """The Prometheus page for /metrics."""
-        active = self._active
+        active = self.session.generation
         if active is None:
             # Between a refused load and the next one the self-test counts matter most: show them.
             return render_metrics(telemetry=self.telemetry.snapshot() if self.telemetry else None,
@@ -320,7 +291,7 @@ class Daemon:
                               telemetry=self.telemetry.snapshot() if self.telemetry else None)
 
     def _switches(self) -> list[dict[str, Any]]:
-        active = self._active
+        active = self.session.generation
         if active is None or active.controller is None:
             return []
         return [s.as_dict() for s in active.controller.history()]
@@ -328,41 +299,29 @@ class Daemon:
     def _system(self) -> dict[str, Any]:
         return self.telemetry.snapshot().as_dict() if self.telemetry is not None else {}
 
-    def _start_dashboard(self, config: Config) -> DashboardServer | None:
-        if not config.dashboard.enabled:
-            return None
-        feed = DashboardSink.from_config(config.dashboard)
-        self._persistent.append(feed)
-        server = DashboardServer(config.dashboard, feed, self.controls, self.stats, metrics=self.metrics,
-                                 switches=self._switches, system=self._system)
-        server.start()
-        log.info("dashboard on %s", server.url)
-        return server
-
     def _tick_watchdog(self) -> None:
-        if self._active is None:
+        active = self.session.generation
+        if active is None:
             return
-        stalled = self._active.pipeline.stalled(self._active.config.service.stall_s)
+        stalled = active.pipeline.stalled(active.config.service.stall_s)
         if stalled:
             log.error("no progress in %s for over %.0f s: withholding the watchdog ping",
-                      ", ".join(stalled), self._active.config.service.stall_s)
+                      ", ".join(stalled), active.config.service.stall_s)
             return
         self.notifier.watchdog()
 
     def _tick_stats(self) -> None:
-        assert self._active is not None
+        active = self.session.generation
+        assert active is not None
         now = time.monotonic()
-        if now - self._last_stats < self._active.config.service.stats_interval_s:
+        if now - self._last_stats < active.config.service.stats_interval_s:
             return
         self._last_stats = now
         stats = self.stats()
         line = status_line(stats)
         self.notifier.status(line)
         log.info("%s", line)
-        for sink in self._persistent:
-            publish = getattr(sink, "publish_stats", None)
-            if callable(publish):
-                publish(stats)
+        self.outputs.publish_stats(stats)
 
     def _verdict(self, ok: bool, message: str) -> None:
         """This reload's outcome beside the pid file: ``engines activate`` waits for it."""
@@ -411,26 +370,28 @@ class Daemon:
         configure_service_logging(config.log_level, config.service.log_format)
         pid_file = self._write_pid_file(config)
         code = EXIT_OK
-        dashboard: DashboardServer | None = None
         self.telemetry = Telemetry()
         try:
-            if self._persistent_factory is not None:
-                self._persistent = self._persistent_factory(config)
-            dashboard = self._start_dashboard(config)
-            self._active = self._start(config)
+            if self._extra_factory is not None:
+                self._extra = self._extra_factory(config)
+            self.outputs.open(config)
+            if self.outputs.dashboard is not None:
+                log.info("dashboard on %s", self.outputs.dashboard.url)
+            started = self._start(config)
             interval = watchdog_interval_s()
             log.info("serving: watchdog %s", f"every {interval:.1f} s" if interval else "off (not under systemd)")
             self.notifier.ready(status_line(self.stats()))
-            self.build_on_start.start(config, self._active.runtime.model, self.request_reload)
+            self.build_on_start.start(config, started.runtime.model, self.request_reload)
             while not self._stop.wait(TICK_S):
                 if self._reload.is_set():
                     self._reload.clear()
                     self._do_reload()
-                assert self._active is not None
-                if not self._active.pipeline.running:
+                active = self.session.generation
+                assert active is not None
+                if not active.pipeline.running:
                     try:
-                        self._active.pipeline.join(0)
-                        log.info("source %s ended", mask_credentials(self._active.config.source.uri or ""))
+                        active.pipeline.join(0)
+                        log.info("source %s ended", mask_credentials(active.config.source.uri or ""))
                     except Exception as exc:  # fatal stage error: exit non-zero so systemd restarts us
                         log.error("pipeline failed: %s: %s", type(exc).__name__, exc)
                         code = EXIT_FAILED
@@ -440,9 +401,8 @@ class Daemon:
         finally:
             self.notifier.stopping()
             self._stop_active()
-            if dashboard is not None:
-                dashboard.stop()
-            for sink in self._persistent:
+            self.outputs.close()
+            for sink in self._extra:
                 sink.close()
             self.telemetry.close()
             if pid_file is not None:

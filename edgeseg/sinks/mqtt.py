@@ -43,11 +43,19 @@ message at a time until those messages are through; a message that is alone in f
 ``poison_disconnects`` disconnects in a row (counting the first) is set aside (``poisoned``), so
 the queue always moves. Each cause is logged once; the dead-letter file
 (``<queue>.dead-letter.jsonl``) keeps every message set aside, with its reason.
+
+Reload: ``MqttSink(config, start=False)`` checks and builds everything but opens no queue and no
+connection, so a replacement is prepared while the running sink still holds the queue file.
+The running one then stops sending (``hold``: what is in flight is acknowledged first, not sent
+twice) and hands its open queue over (``handover``), and the new one starts on it
+(``start(queue=...)``); ``edgeseg.sinks.mqtt_handover`` moves the messages when the file
+changes. The owner of all this is ``edgeseg.service.outputs``.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import logging
 import queue
@@ -68,6 +76,7 @@ from edgeseg.config.mqtt import MQTT_MAX_PAYLOAD, PROTOCOLS, BrokerAddress, Mqtt
 from edgeseg.errors import SinkError
 from edgeseg.sinks.base import MaskFormat, Sink, SinkOptions
 from edgeseg.sinks.disk_queue import DiskQueue, QueuedMessage
+from edgeseg.sinks.mqtt_handover import retune_queue
 from edgeseg.sinks.serialize import frame_result_to_dict
 from edgeseg.sources.uri import mask_credentials
 from edgeseg.structures import FrameResult
@@ -326,10 +335,15 @@ class MqttPublisher:
             return int(info.mid)
         return None
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Publish ``offline`` (retained), disconnect cleanly and end the network thread."""
+    def stop(self, timeout: float = STOP_TIMEOUT_S, offline: bool = True) -> None:
+        """Publish ``offline`` (retained), disconnect cleanly and end the network thread.
+
+        ``offline=False`` leaves the retained ``online`` standing: for a publisher replaced by
+        one with the same availability topic (a reload), which announces ``online`` again as
+        it connects. A clean disconnect does not fire the Last Will either.
+        """
         self._stopping = True
-        if self.connected:
+        if offline and self.connected:
             info = self._client.publish(self.available_topic, OFFLINE, qos=AVAILABILITY_QOS, retain=True)
             try:
                 info.wait_for_publish(timeout)
@@ -466,6 +480,11 @@ class MqttSink(Sink):
 
     Args:
         config: the ``mqtt`` section (its ``uri`` must be set).
+        start: open the queue and connect now. ``False`` builds and checks everything that can
+            fail without touching the queue file or the network (password file, TLS files, the
+            paho client); ``open_queue`` and ``start`` do the rest. That is how a reload prepares
+            a replacement while the running publisher still holds the queue file
+            (``edgeseg.service.outputs``).
 
     Raises:
         SinkError: (one line) MQTT is off, the password file or a TLS file cannot be read, the
@@ -473,7 +492,7 @@ class MqttSink(Sink):
             refused credentials are not errors here: they are logged and retried.
     """
 
-    def __init__(self, config: MqttConfig):
+    def __init__(self, config: MqttConfig, start: bool = True):
         if config.uri is None:
             raise SinkError("mqtt: no broker configured (mqtt.uri is not set)")
         self.config = config
@@ -481,19 +500,18 @@ class MqttSink(Sink):
         self.mask_format: MaskFormat = config.mask_format
         self.topic = config.topic(TOPIC_DETECTIONS)
         self.stats_topic = config.topic(TOPIC_STATS)
+        self.available_topic = config.topic(TOPIC_AVAILABLE)
         password = _password(config)
         _check_tls_files(config)
-        self._queue = DiskQueue(
-            config.queue_path(), config.queue.max_messages, config.queue.policy, config.queue.synchronous,
-            dead_letter_path=config.dead_letter_path(), dead_letter_max_bytes=config.queue.dead_letter_max_bytes,
-        )
+        #: What the password and TLS files held when read: a reload whose section is unchanged
+        #: still reconnects when one of those files was replaced (a rotated password or cert).
+        self.credentials_digest = credentials_digest(config, password)
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
-        try:
-            self._publisher = MqttPublisher(config, password, self._events)
-        except BaseException:
-            self._queue.close()
-            raise
+        self._publisher = MqttPublisher(config, password, self._events)
+        self._queue: Optional[DiskQueue] = None
+        self._started = False
         self._closed = False
+        self._holding = False  # the feeder sends nothing new (a handover is coming)
         self._full = False
         self._sent = self._degraded = self._refused = self._stats_published = 0
         self._oversize = self._poisoned = 0
@@ -503,17 +521,57 @@ class MqttSink(Sink):
         self._careful_until: Optional[int] = None  # one message at a time until this row id is through
         self._feeder_errors: set[str] = set()
         self._feeder = threading.Thread(target=self._feed, name="edgeseg-mqtt-feeder", daemon=True)
+        if start:
+            self.start()
+
+    @property
+    def queue(self) -> DiskQueue:
+        """The disk queue this sink feeds from (``SinkError`` before it is opened or after handover)."""
+        if self._queue is None:
+            raise SinkError(f"mqtt: the queue of {self.broker} is not open")
+        return self._queue
+
+    @property
+    def has_queue(self) -> bool:
+        return self._queue is not None
+
+    def open_queue(self) -> DiskQueue:
+        """Open the configured queue file now (``SinkError`` when it cannot be, or is held by
+        another process); a second call returns the same queue."""
+        if self._queue is None:
+            c = self.config
+            self._queue = DiskQueue(
+                c.queue_path(), c.queue.max_messages, c.queue.policy, c.queue.synchronous,
+                dead_letter_path=c.dead_letter_path(), dead_letter_max_bytes=c.queue.dead_letter_max_bytes,
+            )
+        return self._queue
+
+    def start(self, queue: Optional[DiskQueue] = None) -> None:
+        """Start sending: the feeder thread and the connection (in the background).
+
+        ``queue``: an open queue handed over by the sink this one replaces (``handover``), on the
+        same file; its size, policy, durability and dead-letter settings become this config's.
+        Without it the configured queue file is opened (unless ``open_queue`` already did).
+        """
+        if self._started or self._closed:
+            raise SinkError(f"mqtt sink for {self.broker} was started already")
+        if queue is not None:
+            if self._queue is not None and self._queue is not queue:
+                raise SinkError(f"mqtt: the sink for {self.broker} has a queue already")
+            retune_queue(queue, self.config)
+            self._queue = queue
+        q = self.open_queue()
+        self._started = True
         self._feeder.start()
         self._publisher.start()
-        log.info("mqtt: publishing to %s on %s (queue %s, %d waiting)",
-                 self.broker, self.topic, self._queue.path, self._queue.depth)
+        log.info("mqtt: publishing to %s on %s (queue %s, %d waiting)", self.broker, self.topic, q.path, q.depth)
 
     # -- Sink ----------------------------------------------------------------------------------
 
     def write(self, result: FrameResult) -> None:
         """Queue one frame result on disk; returns once it is committed, never waits on the network."""
-        if self._closed:
-            raise SinkError(f"mqtt sink for {self.broker} is closed")
+        if self._closed or not self._started:
+            raise SinkError(f"mqtt sink for {self.broker} is {'closed' if self._closed else 'not started'}")
         limit = self._payload_limit()
         name = "mqtt.max_payload_bytes" if limit == self.config.max_payload_bytes else (
             f"the payload room (broker {self.broker}'s maximum packet size {self._publisher.packet_limit} "
@@ -525,35 +583,80 @@ class MqttSink(Sink):
             data = encode_frame_result(result, "none", MQTT_MAX_PAYLOAD).data
             self._set_aside_unqueued(data, f"refused at write: {exc}")
             self._say_once("refused", logging.ERROR, "%s; set aside in %s (further ones are counted as refused)",
-                           exc, self._queue.dead_letters.path)
+                           exc, self.queue.dead_letters.path)
             return
         if payload.mask_format != self.mask_format:
             self._degraded += 1
             self._say_once("degraded", logging.WARNING,
                            "mqtt: frame %d over %d bytes with %s masks: sent with %s (further degradations are "
                            "counted)", result.frame.frame_id, limit, self.mask_format, payload.mask_format)
-        self._queue.put(self.topic, payload.data)
+        self.queue.put(self.topic, payload.data)
         self._note_fullness()
         self._events.put(_WAKE)
 
     def close(self) -> None:
         """Wait up to ``drain_timeout_s`` for the queue to empty, publish ``offline``, disconnect.
 
-        What is still queued stays on disk for the next start. Idempotent.
+        What is still queued stays on disk for the next start. Idempotent. A sink never started
+        only releases its queue (if ``open_queue`` opened one); after ``handover`` the queue is
+        the next sink's and is left open.
         """
         if self._closed:
             return
         self._closed = True
+        if not self._started:
+            if self._queue is not None:
+                self._queue.close()
+            return
         if self._publisher.connected and self.config.drain_timeout_s > 0:
             self.wait_drained(self.config.drain_timeout_s)
-        self._publisher.stop()
+        self._stop_sending(offline=True)
+        q = self.queue
+        left = q.depth
+        q.close()
+        if left:
+            log.info("mqtt: closed with %d messages queued in %s; they go out after the next start", left, q.path)
+
+    # -- handing the queue over (a reload) -----------------------------------------------------
+
+    def hold(self, timeout: float) -> bool:
+        """Send nothing more, and wait up to ``timeout`` s for what is in flight to be acknowledged.
+
+        ``write`` still queues. Called before ``handover``: a message whose PUBACK arrives here
+        is deleted now rather than sent again by the next publisher (a duplicate). True when
+        nothing is left in flight.
+        """
+        self._holding = True
+        if not self._started or self._closed:
+            return True
+        deadline = time.monotonic() + timeout
+        while self.queue.inflight and self._publisher.connected:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(DRAIN_POLL_S)
+        return not self.queue.inflight
+
+    def handover(self, offline: bool) -> DiskQueue:
+        """Stop this publisher and give its still open queue to the one replacing it.
+
+        Whatever is still in flight goes back to waiting, so the next publisher sends it (first).
+        ``offline``: announce ``offline`` on this availability topic (the device id or topic
+        prefix changes); otherwise the retained ``online`` stays and the next publisher repeats it.
+        The sink is closed afterwards; ``close`` leaves the queue alone.
+        """
+        if self._closed or not self._started:
+            raise SinkError(f"mqtt sink for {self.broker} is not running: nothing to hand over")
+        self._holding = True
+        self._closed = True
+        self._stop_sending(offline=offline)
+        q = self.queue
+        q.requeue_inflight()
+        return q  # the next sink's now: this one is closed, and close() leaves it alone
+
+    def _stop_sending(self, offline: bool) -> None:
+        self._publisher.stop(offline=offline)
         self._events.put(_Event(_Kind.STOP))
         self._feeder.join(STOP_TIMEOUT_S)
-        left = self._queue.depth
-        self._queue.close()
-        if left:
-            log.info("mqtt: closed with %d messages queued in %s; they go out after the next start",
-                     left, self._queue.path)
 
     # -- for the daemon ------------------------------------------------------------------------
 
@@ -566,8 +669,8 @@ class MqttSink(Sink):
         return self._publisher.state
 
     def counters(self) -> MqttCounters:
-        q = self._queue.counters()
-        oldest = self._queue.oldest_age_s() if q.depth and not self._closed else None
+        q = self.queue.counters()
+        oldest = self.queue.oldest_age_s() if q.depth and not self._closed else None
         return MqttCounters(
             connected=self.connected,
             state=self.state.value,
@@ -617,7 +720,7 @@ class MqttSink(Sink):
     def wait_drained(self, timeout: float) -> bool:
         """True once every queued message is acknowledged (within ``timeout`` seconds)."""
         deadline = time.monotonic() + timeout
-        while self._queue.depth:
+        while self.queue.depth:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(DRAIN_POLL_S)
@@ -637,19 +740,19 @@ class MqttSink(Sink):
 
     def _set_aside_unqueued(self, payload: bytes, reason: str) -> None:
         try:
-            self._queue.dead_letters.add(self.topic, payload, reason, time.time())
+            self.queue.dead_letters.add(self.topic, payload, reason, time.time())
         except OSError as exc:
             log.error("mqtt: cannot write the dead-letter file %s (%s); frame discarded (%s)",
-                      self._queue.dead_letters.path, exc, reason)
+                      self.queue.dead_letters.path, exc, reason)
 
     def _note_fullness(self) -> None:
-        full = self._queue.depth >= self._queue.max_messages
+        full = self.queue.depth >= self.queue.max_messages
         if full and not self._full:
             log.warning("mqtt: queue full (%d messages, broker %s %s): now %s, counted as dropped",
-                        self._queue.max_messages, self.broker, self.state.value,
-                        "dropping the oldest" if self._queue.policy == "drop_oldest" else "refusing new ones")
+                        self.queue.max_messages, self.broker, self.state.value,
+                        "dropping the oldest" if self.queue.policy == "drop_oldest" else "refusing new ones")
         elif self._full and not full:
-            log.info("mqtt: queue has room again (%d dropped so far)", self._queue.counters().dropped)
+            log.info("mqtt: queue has room again (%d dropped so far)", self.queue.counters().dropped)
         self._full = full
 
     def _feed(self) -> None:
@@ -669,7 +772,7 @@ class MqttSink(Sink):
                 connected, stop = self._apply(events, connected)
                 if stop:
                     return
-                if connected:
+                if connected and not self._holding:
                     self._top_up()
             except SinkError as exc:  # the queue file failed (disk full, removed): say so once, retry
                 if str(exc) not in self._feeder_errors:
@@ -683,17 +786,17 @@ class MqttSink(Sink):
             if event.kind is _Kind.ACK:
                 acks.append(event.mid)
             elif event.kind in (_Kind.UP, _Kind.DOWN):
-                self._queue.ack(acks)  # acks that came before the change still count
+                self.queue.ack(acks)  # acks that came before the change still count
                 acks = []
                 if event.kind is _Kind.DOWN:
                     self._blame_inflight()
-                self._queue.requeue_inflight()
+                self.queue.requeue_inflight()
                 self._sent_at.clear()
                 connected = event.kind is _Kind.UP
             elif event.kind is _Kind.STOP:
-                self._queue.ack(acks)
+                self.queue.ack(acks)
                 return connected, True
-        self._queue.ack(acks)
+        self.queue.ack(acks)
         return connected, False
 
     def _blame_inflight(self) -> None:
@@ -705,7 +808,7 @@ class MqttSink(Sink):
         row it goes to the dead-letter file and the queue moves on.
         """
         now = time.monotonic()
-        rows = self._queue.inflight_rows()
+        rows = self.queue.inflight_rows()
         recent = [r for r in rows if now - self._sent_at.get(r, -POISON_WINDOW_S) < POISON_WINDOW_S]
         if not recent:
             return
@@ -716,12 +819,12 @@ class MqttSink(Sink):
             strikes = self._strikes.pop(row)
             reason = (f"in flight at {strikes} disconnects in a row from broker {self.broker}: the broker "
                       f"refuses it (too large for it, or a topic it forbids)")
-            if self._queue.dead_letter([row], reason):
+            if self.queue.dead_letter([row], reason):
                 self._poisoned += 1
                 self._say_once("poisoned", logging.ERROR,
                                "mqtt: queued message #%d was %s; set aside in %s (further ones are counted as "
                                "poisoned)",
-                               row, reason, self._queue.dead_letters.path)
+                               row, reason, self.queue.dead_letters.path)
             return
         if self._careful_until is None:
             log.info("mqtt: connection to %s dropped with %d messages just sent; sending one at a time until they "
@@ -731,16 +834,16 @@ class MqttSink(Sink):
     def _top_up(self) -> None:
         window = self.config.max_inflight
         if self._careful_until is not None:
-            oldest = self._queue.oldest_id()
+            oldest = self.queue.oldest_id()
             if oldest is None or oldest > self._careful_until:
                 self._careful_until = None  # every suspect is through: full speed again
                 self._strikes.clear()
             else:
                 window = 1
-        room = window - self._queue.inflight
+        room = window - self.queue.inflight
         sent: list[tuple[int, int]] = []
         try:
-            for message in self._queue.peek(room):
+            for message in self.queue.peek(room):
                 payload = self._fit(message)
                 if payload is None:
                     continue
@@ -750,7 +853,7 @@ class MqttSink(Sink):
                 sent.append((message.id, mid))
                 self._sent_at[message.id] = time.monotonic()
         finally:
-            self._queue.mark_inflight(sent)
+            self.queue.mark_inflight(sent)
             self._sent += len(sent)
 
     def _fit(self, message: QueuedMessage) -> bytes | None:
@@ -769,12 +872,12 @@ class MqttSink(Sink):
                            "without masks (further ones are counted as degraded)", size, limit)
             return smaller
         reason = f"packet of {size} bytes, over the maximum packet size {limit} of broker {self.broker}"
-        if self._queue.dead_letter([message.id], reason):
+        if self.queue.dead_letter([message.id], reason):
             self._oversize += 1
             self._say_once("oversize", logging.ERROR,
                            "mqtt: queued message #%d is a %s; set aside in %s (further ones are counted as "
                            "oversize)",
-                           message.id, reason, self._queue.dead_letters.path)
+                           message.id, reason, self.queue.dead_letters.path)
         return None
 
 
@@ -789,6 +892,25 @@ def _password(config: MqttConfig) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         raise SinkError(f"mqtt.password_file {str(path)!r}: cannot read ({exc})") from None
     return lines[0] if lines else ""
+
+
+def credentials_digest(config: MqttConfig, password: str | None) -> str:
+    """A digest of the password and of the TLS files' contents (``SinkError`` when one cannot be
+    read): what a reload compares to notice a rotated password or certificate behind unchanged
+    file names. Only the digest is kept, never the bytes."""
+    digest = hashlib.sha256(b"password:" + (b"-" if password is None else b"=" + password.encode("utf-8")))
+    tls = config.tls
+    for field in ("ca_file", "cert_file", "key_file"):
+        value = None if tls is None else getattr(tls, field)
+        digest.update(f"\0{field}:".encode("ascii"))
+        if value is None:
+            continue
+        path = Path(value).expanduser()
+        try:
+            digest.update(path.read_bytes())
+        except OSError as exc:
+            raise SinkError(f"mqtt.tls.{field} {value!r}: cannot read ({exc.strerror or exc})") from None
+    return digest.hexdigest()
 
 
 def _expand(path: str | None) -> str | None:
