@@ -56,7 +56,7 @@ def three_images(tmp_path: Path) -> Path:
     "extra, expected",
     [
         (["--model", "/nonexistent/m.onnx"], "model file not found: /nonexistent/m.onnx"),
-        (["--sink", "kafka:somewhere"], "has unknown kind 'kafka'; valid kinds: coco, images, jsonl"),
+        (["--sink", "kafka:somewhere"], "has unknown kind 'kafka'; valid kinds: coco, events, images, jsonl"),
         (["--sink", "jsonl"], "jsonl"),
         (["--conf", "2"], "field 'postprocess.conf_threshold'"),
         (["--imgsz", "100"], "field 'model.imgsz'"),

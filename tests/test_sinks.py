@@ -378,8 +378,8 @@ def test_annotate_rejects_bad_alpha(alpha: float) -> None:
         ("video:{tmp}/V.AVI", VideoSink, None),
         ("video:{tmp}/frames", ImageDirSink, None),
         ("images:{tmp}/frames", ImageDirSink, None),
-        ("ftp:{tmp}/x", None, "unknown kind 'ftp'; valid kinds: coco, images, jsonl, mqtt, video"),
-        ("results.jsonl", None, "must be KIND:PATH with KIND one of coco, images, jsonl, mqtt, video"),
+        ("ftp:{tmp}/x", None, "unknown kind 'ftp'; valid kinds: coco, events, images, jsonl, mqtt, video"),
+        ("results.jsonl", None, "must be KIND:PATH with KIND one of coco, events, images, jsonl, mqtt, video"),
         ("jsonl:", None, "must be KIND:PATH"),
         ("", None, "must be KIND:PATH"),
         ("jsonl:{tmp}/afile/r.jsonl", None, "afile"),  # a directory that is a file

@@ -92,6 +92,17 @@ register_sink(
 )
 
 
+def _events_sink(path: str, options: SinkOptions) -> Sink:
+    from edgeseg.events.sink import EventsSink  # imported on use: edgeseg.events imports this package
+
+    return EventsSink(path, append=options.append)
+
+
+register_sink(
+    "events", _events_sink, "events:FILE     one event (schema edgeseg/event v1) per line, when tracking is on"
+)
+
+
 def sink_kinds() -> list[str]:
     """The registered kinds, sorted."""
     return sorted(_KINDS)
