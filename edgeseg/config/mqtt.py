@@ -15,8 +15,12 @@ is readable, the queue directory is writable) is checked when the sink is built
       queue: {max_messages: 100000, policy: drop_oldest}
 
 Topics: ``<topic_prefix>/<device_id>/detections`` (frame results, QoS ``qos``, through the disk
-queue), ``.../available`` (``online``/``offline``, retained, with ``offline`` as Last Will) and
-``.../stats`` (the daemon's periodic snapshot, QoS 0, not queued).
+queue; ``detections: false`` turns them off), ``.../available`` (``online``/``offline``, retained,
+with ``offline`` as Last Will) and ``.../stats`` (the daemon's periodic snapshot, QoS 0, not
+queued). With tracking on: ``.../events`` (one JSON event per message, QoS 1, queued),
+``.../events/<event_id>/snapshot`` (its JPEG, with ``publish_snapshots``) and
+``.../zones/<zone>/<class>`` (the count, retained, queued). ``homeassistant`` adds Home
+Assistant MQTT discovery configs for those counts (``edgeseg.sinks.homeassistant``).
 """
 
 from __future__ import annotations
@@ -144,6 +148,31 @@ class QueueConfig(StrictModel):
     )
 
 
+class HomeAssistantConfig(StrictModel):
+    enabled: bool = Field(
+        False, description="publish Home Assistant MQTT discovery configs (retained) for an occupancy binary sensor "
+        "and a count sensor per zone and class, and the camera's connectivity, on every connect",
+    )
+    discovery_prefix: str = Field(
+        "homeassistant", min_length=1, max_length=128, pattern=TOPIC_PREFIX_PATTERN,
+        description="Home Assistant's discovery prefix (its MQTT integration setting): configs go to "
+        "<discovery_prefix>/<component>/<node>/<object>/config",
+    )
+    status_topic: Optional[str] = Field(
+        None, min_length=1, max_length=256, pattern=TOPIC_PREFIX_PATTERN,
+        description="Home Assistant's birth topic: its 'online' there republishes the configs; null = "
+        "<discovery_prefix>/status",
+    )
+    device_name: Optional[str] = Field(
+        None, min_length=1, max_length=128,
+        description="the device's name in Home Assistant; null = 'edgeseg <device_id>'",
+    )
+
+    def birth_topic(self) -> str:
+        """Where Home Assistant announces ``online`` after it (re)starts."""
+        return self.status_topic if self.status_topic is not None else f"{self.discovery_prefix}/status"
+
+
 class MqttConfig(StrictModel):
     uri: Optional[str] = Field(
         None, min_length=1, max_length=2048, description="broker, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; null = off"
@@ -188,6 +217,25 @@ class MqttConfig(StrictModel):
     drain_timeout_s: float = Field(
         5.0, ge=0.0, le=60.0, description="on close, wait this long for the queue to empty (the rest stays on disk)"
     )
+    detections: bool = Field(
+        True, description="publish every frame's result on <topic_prefix>/<device_id>/detections; false when only "
+        "events and zone counts are wanted",
+    )
+    events: bool = Field(
+        True, description="with tracking on: publish each event message on <topic_prefix>/<device_id>/events "
+        "(QoS at least 1, through the disk queue; a full queue drops detections and snapshots first)",
+    )
+    publish_snapshots: bool = Field(
+        False, description="with events: publish an event's snapshot JPEG on .../events/<event_id>/snapshot "
+        "(QoS at least 1, not retained); one over max_payload_bytes is skipped and counted",
+    )
+    occupancy: bool = Field(
+        True, description="with zones: publish each zone's count per class on .../zones/<zone>/<class> (retained, "
+        "through the disk queue) when it changes, and every count at start",
+    )
+    homeassistant: HomeAssistantConfig = Field(
+        default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery (off by default)"
+    )
 
     # Cross-field checks are field validators on the later field, never a model validator: the
     # error of a model validator carries the whole section as its input, password included, and
@@ -224,6 +272,13 @@ class MqttConfig(StrictModel):
         low = info.data.get("reconnect_min_s")
         if low is not None and value < low:
             raise ValueError(f"must be >= reconnect_min_s ({low})")
+        return value
+
+    @field_validator("homeassistant")
+    @classmethod
+    def _discovery_needs_counts(cls, value: HomeAssistantConfig, info: ValidationInfo) -> HomeAssistantConfig:
+        if value.enabled and info.data.get("occupancy") is False:
+            raise ValueError("Home Assistant discovery needs mqtt.occupancy: true (its sensors read the zone counts)")
         return value
 
     @property

@@ -22,6 +22,17 @@ its WAL) is renamed to ``<name>.corrupt-<time>`` and kept for inspection (the ne
 ``QUARANTINE_KEEP``), every record that can still be read is copied into a new queue in the
 old order, and one line says so. A file of another queue format is set aside the same way.
 
+Each row carries how it is to be published (``qos``: None for the publisher's configured QoS;
+``retain``) and a ``priority``: when the queue is full, the policy takes its victims from the
+lowest priority present, so detections (priority 0) go before snapshots, and those before events
+and retained state (see ``edgeseg.sinks.mqtt``). A message is never dropped for one of lower
+priority: a full queue of events refuses a detection rather than drop an event. A retained
+message put with ``collapse`` replaces the waiting (not in-flight) retained messages of its
+topic: only the latest state of a topic is worth sending after an outage.
+
+Format 1 files (topic and payload only, before events existed) are upgraded in place at open:
+their rows are detections (configured QoS, not retained, priority 0).
+
 Messages the broker will not take (too large for it; a "poison" message it disconnects on) are
 set aside by ``dead_letter``: appended to ``<name>.dead-letter.jsonl`` next to the queue, one
 JSON object per message with the reason, rotated to ``.1`` at ``dead_letter_max_bytes``.
@@ -41,7 +52,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final, List, Literal, Optional, Tuple
@@ -54,8 +65,10 @@ log = logging.getLogger(__name__)
 DropPolicy = Literal["drop_oldest", "drop_newest"]
 Synchronous = Literal["normal", "full"]
 
-SCHEMA_VERSION: Final = 1
-"""``PRAGMA user_version`` of the queue file this code reads and writes."""
+SCHEMA_VERSION: Final = 2
+"""``PRAGMA user_version`` of the queue file this code reads and writes (format 1 is upgraded)."""
+UPGRADABLE_VERSIONS: Final = (1,)
+"""Older formats upgraded in place at open (format 1: no qos, retain or priority columns)."""
 JOURNAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
 """After a checkpoint the WAL file is truncated back to this many bytes."""
 
@@ -70,22 +83,63 @@ _CORRUPT_WORDS: Final = ("malformed", "not a database", "corrupt", "queue format
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS messages (
-    id      INTEGER PRIMARY KEY AUTOINCREMENT,  -- queue order; never reused
-    topic   TEXT    NOT NULL,
-    payload BLOB    NOT NULL,
-    created REAL    NOT NULL,                   -- time.time() when queued
-    mid     INTEGER                             -- NULL: waiting; else the MQTT message id in flight
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,  -- queue order; never reused
+    topic    TEXT    NOT NULL,
+    payload  BLOB    NOT NULL,
+    created  REAL    NOT NULL,                   -- time.time() when queued
+    mid      INTEGER,                            -- NULL: waiting; else the MQTT message id in flight
+    qos      INTEGER,                            -- NULL: the publisher's configured QoS
+    retain   INTEGER NOT NULL DEFAULT 0,
+    priority INTEGER NOT NULL DEFAULT 0          -- a full queue drops the lowest priority first
 )
 """
+_UPGRADE_FROM_1: Final = (
+    "ALTER TABLE messages ADD COLUMN qos INTEGER",
+    "ALTER TABLE messages ADD COLUMN retain INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+)
+_INDEXES: Final = (
+    # The full-queue policy's victims: lowest priority, then oldest (or newest).
+    "CREATE INDEX IF NOT EXISTS messages_by_priority ON messages (priority, id)",
+    # ``collapse``: the waiting retained messages of one topic.
+    "CREATE INDEX IF NOT EXISTS retained_by_topic ON messages (topic) WHERE retain = 1",
+)
 
 
 @dataclass(frozen=True)
 class QueuedMessage:
-    """One stored message: its row id (queue order), topic and payload."""
+    """One stored message: its row id (queue order), topic, payload and how to publish it.
+
+    ``qos`` None means the publisher's configured QoS (detections); ``priority``: see the module
+    docstring.
+    """
 
     id: int
     topic: str
     payload: bytes
+    qos: Optional[int] = None
+    retain: bool = False
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to store (``DiskQueue.put_many``).
+
+    Attributes:
+        topic, payload: what to publish.
+        qos: None for the publisher's configured QoS, else 0..2.
+        retain: publish with the retain flag.
+        priority: the full-queue policy drops lower priorities first (see the module docstring).
+        collapse: (retained messages) delete the waiting retained messages of the same topic first.
+    """
+
+    topic: str
+    payload: bytes
+    qos: Optional[int] = None
+    retain: bool = False
+    priority: int = 0
+    collapse: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,15 +220,22 @@ class DeadLetters:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-_Row = Tuple[int, str, bytes, Optional[float]]
+_Row = Tuple[int, str, bytes, Optional[float], Optional[int], int, int]
+"""A salvaged record: id, topic, payload, created, qos, retain, priority."""
 
 
 def _valid_row(row: Tuple[object, ...]) -> Optional[_Row]:
-    """A salvaged record with the types the schema promises, or None (a scrambled record)."""
-    row_id, topic, payload, created = row
+    """A salvaged record with the types the schema promises, or None (a scrambled record).
+
+    Scrambled publishing fields fall back to a detection's (configured QoS, not retained, priority 0).
+    """
+    row_id, topic, payload, created, qos, retain, priority = row
     if not isinstance(row_id, int) or not isinstance(topic, str) or not topic or not isinstance(payload, bytes):
         return None
-    return row_id, topic, payload, float(created) if isinstance(created, (int, float)) else None
+    return (row_id, topic, payload, float(created) if isinstance(created, (int, float)) else None,
+            qos if isinstance(qos, int) and 0 <= qos <= 2 else None,
+            1 if retain == 1 else 0,
+            priority if isinstance(priority, int) else 0)
 
 
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
@@ -223,7 +284,8 @@ def _salvage(path: Path) -> Tuple[List[_Row], int]:
         db = sqlite3.connect(str(path), isolation_level=None, timeout=0.0)
     except sqlite3.Error:
         return rows, 1
-    select = "SELECT id, topic, payload, created FROM messages WHERE id > ? ORDER BY id"
+    columns = _salvage_columns(db)
+    select = f"SELECT {columns} FROM messages WHERE id > ? ORDER BY id"
     try:
         last = 0
         while True:
@@ -238,7 +300,7 @@ def _salvage(path: Path) -> Tuple[List[_Row], int]:
                 break  # the scan reached the end
             except sqlite3.Error:
                 failures += 1
-                found = _next_readable(db, last)
+                found = _next_readable(db, last, columns)
                 if found is None:
                     break
                 row, last = found
@@ -249,7 +311,18 @@ def _salvage(path: Path) -> Tuple[List[_Row], int]:
     return rows, failures
 
 
-def _next_readable(db: sqlite3.Connection, after: int) -> Optional[Tuple[Optional[_Row], int]]:
+def _salvage_columns(db: sqlite3.Connection) -> str:
+    """The select list of a salvage: format 2's columns, or format 1's with a detection's defaults."""
+    try:
+        names = {str(r[1]) for r in db.execute("PRAGMA table_info(messages)").fetchall()}
+    except sqlite3.Error:
+        names = set()
+    if {"qos", "retain", "priority"} <= names:
+        return "id, topic, payload, created, qos, retain, priority"
+    return "id, topic, payload, created, NULL, 0, 0"
+
+
+def _next_readable(db: sqlite3.Connection, after: int, columns: str) -> Optional[Tuple[Optional[_Row], int]]:
     """The first record readable by a direct seek past ``after``, and the id to resume after.
 
     None when no seek succeeds (the table's root is gone) or the end of the table is reached.
@@ -260,7 +333,7 @@ def _next_readable(db: sqlite3.Connection, after: int) -> Optional[Tuple[Optiona
             return None
         try:
             raw = db.execute(
-                "SELECT id, topic, payload, created FROM messages WHERE id >= ? ORDER BY id LIMIT 1", (probe,)
+                f"SELECT {columns} FROM messages WHERE id >= ? ORDER BY id LIMIT 1", (probe,)
             ).fetchone()
         except sqlite3.Error:
             if attempt >= SALVAGE_LINEAR_PROBES:
@@ -321,6 +394,8 @@ class DiskQueue(Closeable):
         self._lock = threading.RLock()
         self._inflight: dict[int, int] = {}  # MQTT mid -> row id
         self._queued = self._dropped = self._acked = self._salvaged = 0
+        #: Waiting retained messages replaced by a newer one of their topic (``collapse``) since open.
+        self.superseded = 0
         self.quarantined_files: List[Path] = []
         self._db: sqlite3.Connection | None = None
         try:
@@ -372,9 +447,15 @@ class DiskQueue(Closeable):
                 raise sqlite3.DatabaseError(f"integrity check: {'; '.join(check)}")
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
             tables = db.execute("SELECT count(*) FROM sqlite_master WHERE name='messages'").fetchone()[0]
-            if tables and version != SCHEMA_VERSION:
+            if tables and version in UPGRADABLE_VERSIONS:
+                for statement in _UPGRADE_FROM_1:  # in this transaction: all or nothing
+                    db.execute(statement)
+                log.info("MQTT queue %s: upgraded from format %d to %d", self.path, version, SCHEMA_VERSION)
+            elif tables and version != SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"queue format {version}, this edgeseg reads {SCHEMA_VERSION}")
             db.execute(_SCHEMA)
+            for statement in _INDEXES:
+                db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             # Nothing is in flight in a fresh process: what was, goes out again first.
             requeued = db.execute("UPDATE messages SET mid=NULL WHERE mid IS NOT NULL").rowcount
@@ -411,8 +492,10 @@ class DiskQueue(Closeable):
         db = self._conn()
         try:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT INTO messages (id, topic, payload, created) VALUES (?, ?, ?, ?)",
-                           [(i, t, p, c if c is not None else time.time()) for i, t, p, c in rows])
+            db.executemany("INSERT INTO messages (id, topic, payload, created, qos, retain, priority) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(i, t, p, c if c is not None else time.time(), q, r, pr)
+                            for i, t, p, c, q, r, pr in rows])
             db.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback(db)
@@ -451,41 +534,82 @@ class DiskQueue(Closeable):
 
     # -- the producer side ---------------------------------------------------------------------
 
-    def put(self, topic: str, payload: bytes) -> bool:
-        """Store one message durably (see the module docstring); False if ``drop_newest`` refused it.
+    def put(self, topic: str, payload: bytes, qos: Optional[int] = None, retain: bool = False,
+            priority: int = 0, collapse: bool = False) -> bool:
+        """Store one message durably (see the module docstring); False if the full-queue policy
+        refused it (``drop_newest``, or nothing of its priority or lower to drop).
 
         Raises ``SinkError`` when the write fails (disk full, file gone, queue closed). A file
         found damaged here is quarantined and the message goes into the new queue.
         """
+        return self.put_many([Outgoing(topic, payload, qos, retain, priority, collapse)]) == 1
+
+    def put_many(self, messages: Sequence[Outgoing]) -> int:
+        """Store several messages in one committed transaction, in order; how many were stored.
+
+        One commit for the messages of one frame (its detections, events and counts) rather than
+        one each. Errors as ``put``.
+        """
+        if not messages:
+            return 0
         with self._lock:
             try:
-                return self._put(topic, payload)
+                return self._put_many(messages)
             except sqlite3.Error as exc:
                 self._recover_or_raise(exc, "write to")
             try:
-                return self._put(topic, payload)
+                return self._put_many(messages)
             except sqlite3.Error as exc:
                 raise SinkError(f"cannot write to MQTT queue {str(self.path)!r}: {exc}") from None
 
-    def _put(self, topic: str, payload: bytes) -> bool:
+    def _put_many(self, messages: Sequence[Outgoing]) -> int:
         db = self._conn()
-        if self._depth >= self.max_messages:
-            if self.policy == "drop_newest":
-                self._dropped += 1
-                return False
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                self._drop_oldest(db, self._depth - self.max_messages + 1)
-                self._insert(db, topic, payload)
-                db.execute("COMMIT")
-            except BaseException:
-                self._rollback(db)
-                raise
-        else:
-            self._insert(db, topic, payload)  # autocommit: one transaction
-        self._depth += 1
-        self._queued += 1
-        return True
+        depth, dropped, superseded = self._depth, self._dropped, self.superseded
+        inflight = dict(self._inflight)
+        stored = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for m in messages:
+                if m.collapse and m.retain:
+                    gone = db.execute("DELETE FROM messages WHERE topic=? AND retain=1 AND mid IS NULL",
+                                      (m.topic,)).rowcount
+                    self._depth -= gone
+                    self.superseded += gone
+                if self._depth >= self.max_messages and not self._make_room(db, m.priority):
+                    self._dropped += 1
+                    continue
+                db.execute(
+                    "INSERT INTO messages (topic, payload, created, qos, retain, priority) VALUES (?, ?, ?, ?, ?, ?)",
+                    (m.topic, m.payload, time.time(), m.qos, 1 if m.retain else 0, m.priority),
+                )
+                self._depth += 1
+                stored += 1
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback(db)
+            self._depth, self._dropped, self.superseded = depth, dropped, superseded
+            self._inflight = inflight
+            raise
+        self._queued += stored
+        return stored
+
+    def _make_room(self, db: sqlite3.Connection, priority: int) -> bool:
+        """Drop what the policy says to bring the queue under ``max_messages`` for a message of
+        ``priority``; False when the new message is the one to go.
+
+        Victims are taken from the lowest priority present below ``priority`` first (oldest first
+        for ``drop_oldest``, newest first for ``drop_newest``); then, for ``drop_oldest`` only,
+        the oldest of the same priority. Never a message of higher priority.
+        """
+        need = self._depth - self.max_messages + 1
+        order = "ASC" if self.policy == "drop_oldest" else "DESC"
+        rows = db.execute(f"SELECT id, mid FROM messages WHERE priority < ? ORDER BY priority ASC, id {order} LIMIT ?",
+                          (priority, need)).fetchall()
+        if len(rows) < need and self.policy == "drop_oldest":
+            rows += db.execute("SELECT id, mid FROM messages WHERE priority = ? ORDER BY id ASC LIMIT ?",
+                               (priority, need - len(rows))).fetchall()
+        self._delete_dropped(db, rows)
+        return self._depth < self.max_messages
 
     def _recover_or_raise(self, exc: sqlite3.Error, action: str) -> None:
         """A damaged file is quarantined (the caller then retries once); other errors become SinkError."""
@@ -493,12 +617,7 @@ class DiskQueue(Closeable):
             raise SinkError(f"cannot {action} MQTT queue {str(self.path)!r}: {exc}") from None
         self._recover(exc)
 
-    @staticmethod
-    def _insert(db: sqlite3.Connection, topic: str, payload: bytes) -> None:
-        db.execute("INSERT INTO messages (topic, payload, created) VALUES (?, ?, ?)", (topic, payload, time.time()))
-
-    def _drop_oldest(self, db: sqlite3.Connection, count: int) -> None:
-        rows = db.execute("SELECT id, mid FROM messages ORDER BY id LIMIT ?", (count,)).fetchall()
+    def _delete_dropped(self, db: sqlite3.Connection, rows: List[Tuple[int, Optional[int]]]) -> None:
         db.executemany("DELETE FROM messages WHERE id=?", [(row_id,) for row_id, _ in rows])
         for row_id, mid in rows:
             if mid is not None and self._inflight.get(mid) == row_id:
@@ -512,7 +631,8 @@ class DiskQueue(Closeable):
         """Up to ``limit`` waiting (not in-flight) messages, oldest first; they stay queued."""
         if limit <= 0:
             return []
-        query = "SELECT id, topic, payload FROM messages WHERE mid IS NULL ORDER BY id LIMIT ?"
+        query = ("SELECT id, topic, payload, qos, retain, priority FROM messages WHERE mid IS NULL "
+                 "ORDER BY id LIMIT ?")
         with self._lock:
             try:
                 rows = self._conn().execute(query, (limit,)).fetchall()
@@ -522,7 +642,8 @@ class DiskQueue(Closeable):
                     rows = self._conn().execute(query, (limit,)).fetchall()
                 except sqlite3.Error as exc:
                     raise SinkError(f"cannot read MQTT queue {str(self.path)!r}: {exc}") from None
-        return [QueuedMessage(int(i), str(t), bytes(p)) for i, t, p in rows]
+        return [QueuedMessage(int(i), str(t), bytes(p), None if q is None else int(q), bool(r), int(pr))
+                for i, t, p, q, r, pr in rows]
 
     def dead_letter(self, row_ids: Iterable[int], reason: str) -> int:
         """Move these messages (waiting or in flight) to the dead-letter file; how many were moved.
@@ -583,14 +704,18 @@ class DiskQueue(Closeable):
             return
         with self._lock:
             db = self._conn()
+            marked = []
             try:
                 db.execute("BEGIN")
-                db.executemany("UPDATE messages SET mid=? WHERE id=?", [(mid, row_id) for row_id, mid in pairs])
+                for row_id, mid in pairs:
+                    # A row dropped or superseded since it was peeked is gone: its PUBACK then deletes nothing.
+                    if db.execute("UPDATE messages SET mid=? WHERE id=?", (mid, row_id)).rowcount:
+                        marked.append((row_id, mid))
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback(db)
                 raise SinkError(f"cannot write to MQTT queue {str(self.path)!r}: {exc}") from None
-            for row_id, mid in pairs:
+            for row_id, mid in marked:
                 self._inflight[mid] = row_id
 
     def ack(self, mids: Iterable[int]) -> int:

@@ -1,6 +1,6 @@
-"""``mqtt:URI``: frame results to an MQTT broker, stored on disk until the broker acknowledges them.
+"""``mqtt:URI``: frame results and events to an MQTT broker, stored on disk until the broker acknowledges them.
 
-    write(result) ─► JSON (schema edgeseg/frame-result v1) ─► DiskQueue.put     (pipeline thread)
+    write(result) ─► JSON (frame result, events, counts) ─► DiskQueue.put_many (pipeline thread)
                                                                   │
     feeder thread: oldest waiting rows ─► paho publish (QoS 1) ─► mark in flight (row, mid)
                    ◄── events: PUBACK(mid) ─► delete row · connected / lost ─► requeue in flight
@@ -11,6 +11,27 @@ Topics, with ``P = <topic_prefix>/<device_id>``: ``P/detections`` (frame results
 (``online`` on every connect, ``offline`` on close and as Last Will, both retained) and
 ``P/stats`` (``publish_stats``: QoS 0, not retained, not queued: a snapshot that the next one
 supersedes; queueing it would spend queue room meant for detections and replay stale numbers).
+
+With tracking on (``result.analytics``), through the same queue:
+
+- ``P/events``: each event message (``Event.document``, schema ``edgeseg/schemas/event.v1.json``)
+  as JSON, QoS ``max(1, qos)``, not retained. Consumers de-duplicate a re-sent one by
+  (``event_id``, ``type``, the document's own sequence or time fields).
+- ``P/events/<event_id>/snapshot``: the event's JPEG when it carries one and ``publish_snapshots``
+  is on (QoS ``max(1, qos)``, not retained); a JPEG larger than the payload room is skipped and
+  counted (``snapshots_skipped``), never degraded.
+- ``P/zones/<zone>/<class>``: the number of tracked objects of that class in the zone, as a
+  decimal string, retained, QoS ``max(1, qos)``: every count once with the first result that
+  has analytics (zeros included: a new or reloaded publisher states them all again), then only
+  when it changes. A newer count replaces a still waiting older one of the same topic in the
+  queue (``superseded``): after an outage the broker gets the latest count, not the history.
+- Home Assistant discovery configs (``mqtt.homeassistant``, ``edgeseg.sinks.homeassistant``),
+  retained, straight to the broker on every connect and on Home Assistant's ``online``.
+
+``detections: false`` leaves ``P/detections`` out (events and counts only). Full-queue policy
+with priorities (``DiskQueue``): detections (0) go first, then snapshots (1), and events and
+counts (2) only when nothing of lower priority is left; a full queue of events refuses a new
+detection rather than drop an event.
 
 Guarantees: ``write`` returns once the message is committed to the queue (see
 ``edgeseg.sinks.disk_queue`` for what survives what); it never waits on the network. A message
@@ -63,10 +84,10 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Final, NamedTuple, Optional, Set
+from typing import TYPE_CHECKING, Any, Dict, Final, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 from pydantic import ValidationError
@@ -75,11 +96,15 @@ from edgeseg.config.errors import pydantic_message
 from edgeseg.config.mqtt import MQTT_MAX_PAYLOAD, PROTOCOLS, BrokerAddress, MqttConfig
 from edgeseg.errors import SinkError
 from edgeseg.sinks.base import MaskFormat, Sink, SinkOptions
-from edgeseg.sinks.disk_queue import DiskQueue, QueuedMessage
+from edgeseg.sinks.disk_queue import DiskQueue, Outgoing, QueuedMessage
+from edgeseg.sinks.homeassistant import DISCOVERY_QOS, DiscoveryMessage, discovery_messages, topic_level, zone_topic
 from edgeseg.sinks.mqtt_handover import retune_queue
 from edgeseg.sinks.serialize import frame_result_to_dict
 from edgeseg.sources.uri import mask_credentials
 from edgeseg.structures import FrameResult
+
+if TYPE_CHECKING:
+    from edgeseg.analytics.types import Event
 
 try:
     import paho.mqtt.client as mqtt
@@ -93,6 +118,14 @@ log = logging.getLogger(__name__)
 TOPIC_DETECTIONS: Final = "detections"
 TOPIC_AVAILABLE: Final = "available"
 TOPIC_STATS: Final = "stats"
+TOPIC_EVENTS: Final = "events"
+SNAPSHOT_LEAF: Final = "snapshot"
+MIN_EVENT_QOS: Final = 1
+"""Events, snapshots and counts go at least at QoS 1 (the queue's guarantee), whatever ``qos`` says."""
+PRIORITY_DETECTIONS: Final = 0
+PRIORITY_SNAPSHOTS: Final = 1
+PRIORITY_EVENTS: Final = 2
+"""Events and retained counts: a full queue drops them only when nothing of lower priority is left."""
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
 AVAILABILITY_QOS: Final = 1
@@ -170,19 +203,64 @@ def publish_packet_size(topic: str, payload_len: int, qos: int, v5: bool) -> int
 
 
 def strip_masks(payload: bytes) -> bytes | None:
-    """A queued frame-result payload with every mask left out (``mask: null``, as mask_format none);
-    None when the payload is not a frame result."""
+    """A queued frame-result or event payload with every mask left out (``mask: null``, as
+    mask_format none); None when the payload is neither (not JSON, or no masks to leave out)."""
     try:
         doc = json.loads(payload)
     except ValueError:
         return None
-    instances = doc.get("instances") if isinstance(doc, dict) else None
-    if not isinstance(instances, list):
+    if not isinstance(doc, dict):
         return None
-    for instance in instances:
-        if isinstance(instance, dict):
-            instance["mask"] = None
+    instances = doc.get("instances")
+    if isinstance(instances, list):
+        for instance in instances:
+            if isinstance(instance, dict):
+                instance["mask"] = None
+    elif not _null_masks(doc):
+        return None
     return json.dumps(doc, separators=JSON_SEPARATORS).encode("utf-8")
+
+
+def _null_masks(value: object) -> bool:
+    """Set every ``mask`` entry at any depth of a JSON value to None; True when one was not None."""
+    changed = False
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "mask" and item is not None:
+                value[key] = None
+                changed = True
+            else:
+                changed = _null_masks(item) or changed
+    elif isinstance(value, list):
+        for item in value:
+            changed = _null_masks(item) or changed
+    return changed
+
+
+def encode_event(document: Mapping[str, Any], max_bytes: int, limit_name: str = "mqtt.max_payload_bytes") -> Payload:
+    """An event document as compact JSON of at most ``max_bytes``: as it is, else with its masks
+    left out (``mask_format`` of the payload says which). ``SinkError`` when even that is too large,
+    or the document is not JSON."""
+    try:
+        data = json.dumps(document, separators=JSON_SEPARATORS, default=_json_default).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise SinkError(f"mqtt: event is not JSON: {exc}") from None
+    if len(data) <= max_bytes:
+        return Payload(data, "rle")
+    smaller = strip_masks(data)
+    if smaller is not None and len(smaller) <= max_bytes:
+        return Payload(smaller, "none")
+    event_id = document.get("event_id", "?") if isinstance(document, Mapping) else "?"
+    raise SinkError(f"mqtt: event {event_id} is {len(smaller or data)} bytes even without masks, over "
+                    f"{limit_name}={max_bytes}; not sent")
+
+
+def _event_text(document: Mapping[str, Any]) -> bytes:
+    """An event document for the dead-letter file: its JSON, or its repr when it is not JSON."""
+    try:
+        return json.dumps(document, separators=JSON_SEPARATORS, default=_json_default).encode("utf-8")
+    except (TypeError, ValueError):
+        return repr(document).encode("utf-8", "replace")
 
 
 def _json_default(value: object) -> object:
@@ -190,6 +268,10 @@ def _json_default(value: object) -> object:
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
+    if isinstance(value, Mapping):  # a read-only mapping (an event's document may be a MappingProxyType)
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
@@ -245,11 +327,17 @@ class MqttPublisher:
         SinkError: TLS files that cannot be loaded.
     """
 
-    def __init__(self, config: MqttConfig, password: str | None, events: queue.SimpleQueue[_Event]):
+    def __init__(self, config: MqttConfig, password: str | None, events: queue.SimpleQueue[_Event],
+                 discovery: Sequence[DiscoveryMessage] = ()):
         self.broker: BrokerAddress = config.broker
         self.client_id = f"edgeseg-{config.device_id}"
         self.available_topic = config.topic(TOPIC_AVAILABLE)
         self._events = events
+        #: Retained Home Assistant discovery configs, published on every connect and whenever
+        #: Home Assistant announces itself on ``ha_status_topic`` (it restarted).
+        self.discovery = tuple(discovery)
+        self.ha_status_topic = config.homeassistant.birth_topic() if self.discovery else None
+        self.discovery_published = 0
         self._backoff = f"{config.reconnect_min_s}..{config.reconnect_max_s} s"
         self._state = ConnectionState.CONNECTING
         self._state_lock = threading.Lock()
@@ -281,12 +369,15 @@ class MqttPublisher:
             client.tls_insecure_set(tls is not None and tls.insecure)
         client.will_set(self.available_topic, OFFLINE, qos=AVAILABILITY_QOS, retain=True)
         client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)
-        # Our window plus the availability message; the queue never hands paho more.
-        client.max_inflight_messages_set(config.max_inflight + 1)
+        # Our window plus the availability message and the discovery configs; the queue never
+        # hands paho more.
+        client.max_inflight_messages_set(config.max_inflight + 1 + len(self.discovery))
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        if self.ha_status_topic is not None:
+            client.message_callback_add(self.ha_status_topic, self._on_ha_status)
         self._client = client
         self._keepalive = config.keepalive_s
 
@@ -381,6 +472,9 @@ class MqttPublisher:
         self.max_packet_size = limit
         drop_out_messages(client)  # the disk queue re-sends them, in order
         client.publish(self.available_topic, ONLINE, qos=AVAILABILITY_QOS, retain=True)
+        if self.ha_status_topic is not None:
+            client.subscribe(self.ha_status_topic, qos=DISCOVERY_QOS)
+            self._publish_discovery(client)
         self._connected.set()
         self._set_state(ConnectionState.CONNECTED, logging.INFO, "mqtt: connected to %s as %s",
                         self.broker, self.client_id)
@@ -423,6 +517,24 @@ class MqttPublisher:
     def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _properties: Any) -> None:
         self._events.put(_Event(_Kind.ACK, mid))
 
+    def _on_ha_status(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        """Home Assistant (re)started and said ``online``: it forgot non-retained state, and a
+        broker that lost its retained messages forgot the configs; send them again."""
+        if bytes(message.payload).strip() == ONLINE:
+            self._publish_discovery(client)
+
+    def _publish_discovery(self, client: mqtt.Client) -> None:
+        """Every discovery config, retained, QoS 1, straight to paho (their acks match no queued row)."""
+        for item in self.discovery:
+            if self.packet_size(item.topic, len(item.payload), DISCOVERY_QOS) > self.packet_limit:
+                continue  # a broker that takes no packet this size: Home Assistant gets the rest
+            try:
+                client.publish(item.topic, item.payload, qos=DISCOVERY_QOS, retain=True)
+            except ValueError as exc:
+                log.error("mqtt: cannot publish the Home Assistant config %s: %s", item.topic, exc)
+                continue
+            self.discovery_published += 1
+
 
 # ------------------------------------------------------------------------------------------- sink
 
@@ -434,7 +546,7 @@ class MqttCounters:
     Attributes:
         connected: the broker connection is up.
         state: connecting, connected, disconnected or refused.
-        queued: frame results stored in the disk queue since start.
+        queued: messages stored in the disk queue since start (detections, events, snapshots, counts).
         sent: publishes handed to paho (re-sends included).
         acked: messages acknowledged by the broker and deleted from the queue.
         dropped: messages discarded by the full-queue policy.
@@ -450,6 +562,13 @@ class MqttCounters:
         salvaged: records recovered from them into the new queue.
         stats_published: ``publish_stats`` calls that went out.
         oldest_queued_s: age of the oldest stored message; None when the queue is empty.
+        events_queued: event messages stored since start.
+        snapshots_queued: event snapshots stored since start.
+        snapshots_skipped: snapshots larger than the payload room, not sent.
+        counts_queued: retained zone counts stored since start.
+        superseded: zone counts replaced in the queue by a newer count of their zone and class (one
+            caught on its way out at that moment is still sent).
+        discovery_published: Home Assistant discovery configs handed to the broker.
     """
 
     connected: bool
@@ -470,16 +589,25 @@ class MqttCounters:
     salvaged: int
     stats_published: int
     oldest_queued_s: float | None
+    events_queued: int = 0
+    snapshots_queued: int = 0
+    snapshots_skipped: int = 0
+    counts_queued: int = 0
+    superseded: int = 0
+    discovery_published: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class MqttSink(Sink):
-    """Publishes frame results to ``<prefix>/<device>/detections`` through a disk queue.
+    """Publishes frame results to ``<prefix>/<device>/detections``, and with tracking on events and
+    zone counts, through a disk queue.
 
     Args:
         config: the ``mqtt`` section (its ``uri`` must be set).
+        zones: zone name -> the class names it counts (from the zones config): the entities of
+            Home Assistant discovery. Counts are published for whatever ``analytics`` reports.
         start: open the queue and connect now. ``False`` builds and checks everything that can
             fail without touching the queue file or the network (password file, TLS files, the
             paho client); ``open_queue`` and ``start`` do the rest. That is how a reload prepares
@@ -492,22 +620,30 @@ class MqttSink(Sink):
             refused credentials are not errors here: they are logged and retried.
     """
 
-    def __init__(self, config: MqttConfig, start: bool = True):
+    def __init__(self, config: MqttConfig, start: bool = True,
+                 zones: Optional[Mapping[str, Sequence[str]]] = None):
         if config.uri is None:
             raise SinkError("mqtt: no broker configured (mqtt.uri is not set)")
         self.config = config
         self.broker = config.broker
         self.mask_format: MaskFormat = config.mask_format
         self.topic = config.topic(TOPIC_DETECTIONS)
+        self.events_topic = config.topic(TOPIC_EVENTS)
         self.stats_topic = config.topic(TOPIC_STATS)
         self.available_topic = config.topic(TOPIC_AVAILABLE)
+        self.zones: Dict[str, List[str]] = {str(z): [str(c) for c in classes] for z, classes in (zones or {}).items()}
+        self._event_qos = max(MIN_EVENT_QOS, config.qos)
+        #: The last count queued per (zone, class): only a change is published again. Empty in a
+        #: new publisher (a start or a reload), so its first analytics state every count.
+        self._counts: Dict[Tuple[str, str], int] = {}
+        self._events_queued = self._snapshots_queued = self._snapshots_skipped = self._counts_queued = 0
         password = _password(config)
         _check_tls_files(config)
         #: What the password and TLS files held when read: a reload whose section is unchanged
         #: still reconnects when one of those files was replaced (a rotated password or cert).
         self.credentials_digest = credentials_digest(config, password)
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
-        self._publisher = MqttPublisher(config, password, self._events)
+        self._publisher = MqttPublisher(config, password, self._events, discovery_messages(config, self.zones))
         self._queue: Optional[DiskQueue] = None
         self._started = False
         self._closed = False
@@ -569,9 +705,53 @@ class MqttSink(Sink):
     # -- Sink ----------------------------------------------------------------------------------
 
     def write(self, result: FrameResult) -> None:
-        """Queue one frame result on disk; returns once it is committed, never waits on the network."""
+        """Queue one frame's messages on disk (its result, and its events and changed counts when it
+        has analytics) in one transaction; returns once committed, never waits on the network."""
         if self._closed or not self._started:
             raise SinkError(f"mqtt sink for {self.broker} is {'closed' if self._closed else 'not started'}")
+        messages: List[Outgoing] = []
+        if self.config.detections:
+            data = self._detection_payload(result)
+            if data is not None:
+                messages.append(Outgoing(self.topic, data, None, False, PRIORITY_DETECTIONS))
+        analytics = result.analytics
+        counts: Dict[Tuple[str, str], int] = {}
+        if analytics is not None:
+            if self.config.events:
+                for event in analytics.events:
+                    messages.extend(self._event_messages(event))
+            if self.config.occupancy:
+                counts = self._changed_counts(analytics.zones.occupancy)
+                messages.extend(
+                    Outgoing(zone_topic(self.config, zone, cls), str(n).encode("ascii"), self._event_qos, True,
+                             PRIORITY_EVENTS, collapse=True)
+                    for (zone, cls), n in counts.items()
+                )
+        self._store(messages)
+        self._counts.update(counts)  # after the commit: a failed write states them again next time
+        self._counts_queued += len(counts)
+
+    def write_events(self, events: Iterable[Event]) -> None:
+        """Queue event messages that belong to no frame (the ``end`` messages when the run stops,
+        ``EventManager.finish``), like those of ``write``; nothing when ``events`` is off."""
+        if self._closed or not self._started:
+            raise SinkError(f"mqtt sink for {self.broker} is {'closed' if self._closed else 'not started'}")
+        if self.config.events:
+            self._store([m for event in events for m in self._event_messages(event)])
+
+    def _store(self, messages: List[Outgoing]) -> None:
+        """Commit one write's messages to the queue and wake the feeder."""
+        if not messages:
+            return
+        self.queue.put_many(messages)
+        self._events_queued += sum(m.priority == PRIORITY_EVENTS and not m.retain for m in messages)
+        self._snapshots_queued += sum(m.priority == PRIORITY_SNAPSHOTS for m in messages)
+        self._note_fullness()
+        self._events.put(_WAKE)
+
+    def _detection_payload(self, result: FrameResult) -> Optional[bytes]:
+        """The frame result's payload, masks degraded to fit; None (set aside, counted) when even
+        the mask-less form is too large."""
         limit = self._payload_limit()
         name = "mqtt.max_payload_bytes" if limit == self.config.max_payload_bytes else (
             f"the payload room (broker {self.broker}'s maximum packet size {self._publisher.packet_limit} "
@@ -584,15 +764,53 @@ class MqttSink(Sink):
             self._set_aside_unqueued(data, f"refused at write: {exc}")
             self._say_once("refused", logging.ERROR, "%s; set aside in %s (further ones are counted as refused)",
                            exc, self.queue.dead_letters.path)
-            return
+            return None
         if payload.mask_format != self.mask_format:
             self._degraded += 1
             self._say_once("degraded", logging.WARNING,
                            "mqtt: frame %d over %d bytes with %s masks: sent with %s (further degradations are "
                            "counted)", result.frame.frame_id, limit, self.mask_format, payload.mask_format)
-        self.queue.put(self.topic, payload.data)
-        self._note_fullness()
-        self._events.put(_WAKE)
+        return payload.data
+
+    def _event_messages(self, event: Event) -> List[Outgoing]:
+        """An event's message, and its snapshot's when it has one and ``publish_snapshots`` is on."""
+        limit = self._payload_limit(self.events_topic, self._event_qos)
+        try:
+            payload = encode_event(event.document, limit)
+        except SinkError as exc:
+            self._refused += 1
+            self._set_aside_unqueued(_event_text(event.document), f"refused at write: {exc}", self.events_topic)
+            self._say_once("refused-event", logging.ERROR, "%s; set aside in %s (further ones are counted as "
+                           "refused)", exc, self.queue.dead_letters.path)
+            return []
+        if payload.mask_format == "none":
+            self._degraded += 1
+            self._say_once("degraded-event", logging.WARNING, "mqtt: event %s over %d bytes: sent without its mask "
+                           "(further degradations are counted)", event.event_id, limit)
+        out = [Outgoing(self.events_topic, payload.data, self._event_qos, False, PRIORITY_EVENTS)]
+        if event.snapshot is not None and self.config.publish_snapshots:
+            topic = self.config.topic(f"{TOPIC_EVENTS}/{topic_level(event.event_id)}/{SNAPSHOT_LEAF}")
+            room = self._payload_limit(topic, self._event_qos)
+            if len(event.snapshot) <= room:
+                out.append(Outgoing(topic, bytes(event.snapshot), self._event_qos, False, PRIORITY_SNAPSHOTS))
+            else:
+                self._snapshots_skipped += 1
+                self._say_once("snapshot-size", logging.WARNING,
+                               "mqtt: snapshot of event %s is %d bytes, over the payload room %d "
+                               "(mqtt.max_payload_bytes or the broker's limit): not published (further ones are "
+                               "counted as snapshots_skipped)", event.event_id, len(event.snapshot), room)
+        return out
+
+    def _changed_counts(self, occupancy: Mapping[str, Mapping[str, int]]) -> Dict[Tuple[str, str], int]:
+        """The (zone, class) counts that differ from the last ones queued (all of them the first time)."""
+        changed: Dict[Tuple[str, str], int] = {}
+        for zone, per_class in occupancy.items():
+            for cls, count in per_class.items():
+                key = (str(zone), str(cls))
+                n = int(count)
+                if self._counts.get(key) != n:
+                    changed[key] = n
+        return changed
 
     def close(self) -> None:
         """Wait up to ``drain_timeout_s`` for the queue to empty, publish ``offline``, disconnect.
@@ -690,6 +908,12 @@ class MqttSink(Sink):
             salvaged=q.salvaged,
             stats_published=self._stats_published,
             oldest_queued_s=None if oldest is None else round(oldest, 1),
+            events_queued=self._events_queued,
+            snapshots_queued=self._snapshots_queued,
+            snapshots_skipped=self._snapshots_skipped,
+            counts_queued=self._counts_queued,
+            superseded=self.queue.superseded,
+            discovery_published=self._publisher.discovery_published,
         )
 
     def status(self) -> dict[str, Any]:
@@ -728,19 +952,25 @@ class MqttSink(Sink):
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _payload_limit(self) -> int:
-        """Most payload bytes a detection may have: ``max_payload_bytes``, and what fits the broker's packets."""
-        overhead = self._publisher.packet_size(self.topic, 0, self.config.qos)
+    def _payload_limit(self, topic: Optional[str] = None, qos: Optional[int] = None) -> int:
+        """Most payload bytes a message on ``topic`` (default: detections) may have: ``max_payload_bytes``,
+        and what fits the broker's packets."""
+        overhead = self._publisher.packet_size(self.topic if topic is None else topic, 0,
+                                               self.config.qos if qos is None else qos)
         return max(1, min(self.config.max_payload_bytes, self._publisher.packet_limit - overhead))
+
+    def _qos(self, message: QueuedMessage) -> int:
+        """A queued message's QoS: its own, or the configured one (detections)."""
+        return self.config.qos if message.qos is None else message.qos
 
     def _say_once(self, cause: str, level: int, message: str, *args: object) -> None:
         if cause not in self._said:
             self._said.add(cause)
             log.log(level, message, *args)
 
-    def _set_aside_unqueued(self, payload: bytes, reason: str) -> None:
+    def _set_aside_unqueued(self, payload: bytes, reason: str, topic: Optional[str] = None) -> None:
         try:
-            self.queue.dead_letters.add(self.topic, payload, reason, time.time())
+            self.queue.dead_letters.add(self.topic if topic is None else topic, payload, reason, time.time())
         except OSError as exc:
             log.error("mqtt: cannot write the dead-letter file %s (%s); frame discarded (%s)",
                       self.queue.dead_letters.path, exc, reason)
@@ -772,7 +1002,9 @@ class MqttSink(Sink):
                 connected, stop = self._apply(events, connected)
                 if stop:
                     return
-                if connected and not self._holding:
+                # The client's own flag too: between a lost connection and its DOWN event here,
+                # messages handed to paho would only be dropped at the reconnect and sent again.
+                if connected and not self._holding and self._publisher.connected:
                     self._top_up()
             except SinkError as exc:  # the queue file failed (disk full, removed): say so once, retry
                 if str(exc) not in self._feeder_errors:
@@ -847,7 +1079,7 @@ class MqttSink(Sink):
                 payload = self._fit(message)
                 if payload is None:
                     continue
-                mid = self._publisher.publish(message.topic, payload, self.config.qos)
+                mid = self._publisher.publish(message.topic, payload, self._qos(message), message.retain)
                 if mid is None:
                     break
                 sent.append((message.id, mid))
@@ -860,7 +1092,7 @@ class MqttSink(Sink):
         """The payload to send for a queued message: as stored, mask-less if only that fits the
         broker, or None (set aside) when nothing does."""
         limit = self._publisher.packet_limit
-        qos = self.config.qos
+        qos = self._qos(message)
         size = self._publisher.packet_size(message.topic, len(message.payload), qos)
         if size <= limit:
             return message.payload

@@ -84,7 +84,8 @@ def move_queued(source: DiskQueue, target: DiskQueue, topics: typing.Mapping[str
             if not batch:
                 break
             for message in batch:
-                target.put(topics.get(message.topic, message.topic), message.payload)
+                target.put(readdress(message.topic, topics), message.payload, qos=message.qos,
+                           retain=message.retain, priority=message.priority)
             # The queue deletes a row only on its acknowledgement: mark the originals in flight
             # under message ids paho never uses (negative), then acknowledge them.
             marks = [(message.id, -(moved + i + 1)) for i, message in enumerate(batch)]
@@ -98,6 +99,20 @@ def move_queued(source: DiskQueue, target: DiskQueue, topics: typing.Mapping[str
     return moved
 
 
+def readdress(topic: str, topics: typing.Mapping[str, str]) -> str:
+    """``topic`` under its new address: ``topics[topic]``, else, for a pair of the same leaf
+    (``<old root>/detections`` -> ``<new root>/detections``), any topic under the old root moved
+    under the new one (events, snapshots and zone counts follow the detections); else unchanged."""
+    if topic in topics:
+        return topics[topic]
+    for old, new in topics.items():
+        old_root, _, old_leaf = old.rpartition("/")
+        new_root, _, new_leaf = new.rpartition("/")
+        if old_leaf == new_leaf and old_root and topic.startswith(old_root + "/"):
+            return new_root + topic[len(old_root):]
+    return topic
+
+
 def remove_queue_file(path: Path) -> None:
     """Delete an emptied, closed queue file and its SQLite side files (missing ones are fine)."""
     for suffix in ("", "-wal", "-shm", "-journal"):
@@ -109,4 +124,4 @@ def remove_queue_file(path: Path) -> None:
             log.warning("mqtt: cannot remove the emptied queue file %s (%s)", f"{path}{suffix}", exc.strerror)
 
 
-__all__ = ["MOVE_BATCH", "move_queued", "remove_queue_file", "retune_queue"]
+__all__ = ["MOVE_BATCH", "move_queued", "readdress", "remove_queue_file", "retune_queue"]

@@ -1,8 +1,11 @@
-"""The one JSON form of a frame result (schema ``edgeseg/frame-result`` version 1).
+"""The one JSON form of a frame result (schema ``edgeseg/frame-result``, versions 1 and 2).
 
 JSONL files, MQTT payloads and the dashboard all publish this dict, so it is built by one pure
 function: same input, same output, no I/O. The contract it follows is the JSON Schema in
-``edgeseg/schemas/frame_result.v1.json`` (:func:`load_schema`); tests validate against it.
+``edgeseg/schemas/frame_result.v1.json`` and ``frame_result.v2.json`` (:func:`load_schema`);
+tests validate against both. Version 2 is written when the result has analytics (tracking on):
+version 1 plus a ``track_id`` per instance (null for an instance without a confirmed track). A
+run without tracking writes version 1, byte for byte as before, so its consumers see no change.
 Floats are rounded to what the numbers mean (a tenth of a pixel, four decimals of score) to keep
 payloads small on constrained links. File names and URIs are text as the file system gave them,
 which may hold bytes that are not UTF-8; they are written with each such byte as ``\\xNN``
@@ -16,6 +19,7 @@ import json
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from edgeseg.package_data import package_text
 from edgeseg.sinks.base import MaskFormat
@@ -24,8 +28,14 @@ from edgeseg.sources.fsnames import printable_name
 from edgeseg.structures import FrameResult, Instances
 
 SCHEMA_NAME = "edgeseg/frame-result"
-SCHEMA_VERSION = 1
-SCHEMA_RESOURCE = "schemas/frame_result.v1.json"
+VERSION_UNTRACKED = 1
+"""Frame results of runs without tracking."""
+VERSION_TRACKED = 2
+"""Frame results with analytics: version 1 plus ``track_id`` per instance."""
+SCHEMA_VERSION = VERSION_TRACKED
+"""The latest version."""
+SCHEMA_RESOURCES = {VERSION_UNTRACKED: "schemas/frame_result.v1.json", VERSION_TRACKED: "schemas/frame_result.v2.json"}
+SCHEMA_RESOURCE = SCHEMA_RESOURCES[VERSION_UNTRACKED]
 
 BOX_DECIMALS = 1
 """Boxes to a tenth of a pixel: finer than any detector's localisation error."""
@@ -37,9 +47,15 @@ TIMESTAMP_DECIMALS = 6
 """Microsecond resolution for capture times in seconds."""
 
 
-def load_schema() -> dict[str, Any]:
-    """The frame-result JSON Schema (draft 2020-12), read from the installed package."""
-    schema: dict[str, Any] = json.loads(package_text("edgeseg", SCHEMA_RESOURCE))
+def load_schema(version: int = VERSION_UNTRACKED) -> dict[str, Any]:
+    """The frame-result JSON Schema (draft 2020-12) of ``version``, read from the installed package.
+
+    The default is version 1, what runs without tracking write (and what callers of this
+    function before version 2 existed validate); a document says its own in ``version``.
+    """
+    if version not in SCHEMA_RESOURCES:
+        raise ValueError(f"frame-result schema version must be one of {sorted(SCHEMA_RESOURCES)}, got {version!r}")
+    schema: dict[str, Any] = json.loads(package_text("edgeseg", SCHEMA_RESOURCES[version]))
     return schema
 
 
@@ -60,13 +76,19 @@ def _mask_dict(instances: Instances, index: int, mask_format: MaskFormat) -> dic
     raise ValueError(f"mask format must be one of rle, polygon, none; got {mask_format!r}")
 
 
-def instances_to_dicts(instances: Instances, mask_format: MaskFormat) -> list[dict[str, Any]]:
-    """The ``instances`` list of a frame result: one dict per instance, in order."""
+def instances_to_dicts(
+    instances: Instances, mask_format: MaskFormat, track_ids: npt.NDArray[np.integer] | None = None
+) -> list[dict[str, Any]]:
+    """The ``instances`` list of a frame result: one dict per instance, in order.
+
+    ``track_ids`` (aligned with the instances; -1, or any id below 1, for none) adds ``track_id``
+    to each, null where there is no track: the version 2 form.
+    """
     boxes = np.round(instances.boxes.astype(np.float64), BOX_DECIMALS).tolist()
     scores = np.round(instances.scores.astype(np.float64), SCORE_DECIMALS).tolist()
     areas = instances.areas.tolist()
     names = instances.names
-    return [
+    out = [
         {
             "class_id": int(instances.class_ids[i]),
             "class_name": names[i],
@@ -77,16 +99,27 @@ def instances_to_dicts(instances: Instances, mask_format: MaskFormat) -> list[di
         }
         for i in range(len(instances))
     ]
+    if track_ids is not None:
+        ids = np.asarray(track_ids).reshape(-1)
+        if len(ids) != len(instances):
+            raise ValueError(f"analytics.tracks.track_ids: expected one per instance ({len(instances)}), "
+                             f"found {len(ids)}")
+        for entry, track_id in zip(out, ids.tolist()):
+            entry["track_id"] = int(track_id) if track_id >= 1 else None
+    return out
 
 
 def frame_result_to_dict(result: FrameResult, mask_format: MaskFormat) -> dict[str, Any]:
-    """A frame result as a JSON-ready dict following schema ``edgeseg/frame-result`` v1."""
+    """A frame result as a JSON-ready dict following schema ``edgeseg/frame-result``: version 2
+    (track ids) when the result has analytics, else version 1."""
+    analytics = result.analytics
+    track_ids = None if analytics is None else analytics.tracks.track_ids
     frame = result.frame
     image_h, image_w = result.instances.image_size
     res_h, res_w = result.resolution
     return {
         "schema": SCHEMA_NAME,
-        "version": SCHEMA_VERSION,
+        "version": VERSION_UNTRACKED if track_ids is None else VERSION_TRACKED,
         "frame_id": int(frame.frame_id),
         "source": printable_name(frame.source),
         "name": printable_name(frame.name),
@@ -97,5 +130,5 @@ def frame_result_to_dict(result: FrameResult, mask_format: MaskFormat) -> dict[s
         "latency_ms": {
             str(stage): round(float(ms), LATENCY_DECIMALS) for stage, ms in result.latency_ms.items()
         },
-        "instances": instances_to_dicts(result.instances, mask_format),
+        "instances": instances_to_dicts(result.instances, mask_format, track_ids),
     }
