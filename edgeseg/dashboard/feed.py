@@ -6,20 +6,29 @@ its latency (a few microseconds). Drawing (``annotate``), scaling and JPEG encod
 HTTP thread of a viewer that asks for a frame, at that viewer's pace: with no viewer connected no
 frame is ever drawn or encoded, and a slow viewer simply skips frames. Two viewers asking for the
 same frame share one encoding.
+
+When tracking is on (``FrameResult.analytics``), ``write`` also keeps the latest event messages
+in a bounded ring and counts line crossings (a few appends per frame); the zones, lines, track
+ids and trails are drawn by ``Overlay`` in the viewer's thread, like the instances. The zones
+and lines to draw come from the config through ``set_overlay``.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter, deque
-from typing import Any, Final, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Dict, Final, List, Literal, Optional, Tuple
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
+from edgeseg.analytics.types import Event
 from edgeseg.config.dashboard import DashboardConfig
+from edgeseg.dashboard.overlay import TRAIL_POINTS, Overlay
 from edgeseg.sinks.annotate import PALETTE_HEX, annotate
 from edgeseg.sinks.base import Sink
 from edgeseg.structures import FrameResult, ImageArray
@@ -31,6 +40,15 @@ LATENCY_HISTORY: Final = 1024
 """Per-frame latency samples kept for the chart (a few seconds at high frame rates)."""
 DEFAULT_JPEG_QUALITY: Final = 75
 DEFAULT_MAX_WIDTH: Final = 960
+EVENTS_HISTORY: Final = 200
+"""Event messages kept for the page's events list (/api/events, the SSE ``events`` type)."""
+HEAVY_KEYS: Final = frozenset({"mask", "snapshot", "crop", "path"})
+"""Keys left out of the dashboard's copy of an event document, at any depth: masks, images and
+paths are for the event sinks; the page lists times, classes, zones and crossings."""
+LIGHT_DEPTH: Final = 6
+"""Deepest nesting of an event document copied for the dashboard; deeper values are dropped."""
+
+log = logging.getLogger("edgeseg.dashboard")
 
 
 class DashboardSink(Sink):
@@ -39,9 +57,20 @@ class DashboardSink(Sink):
     Args:
         jpeg_quality: quality of the encoded frames, 10..100.
         max_width: frames wider than this are scaled down before encoding; 0 keeps full size.
+        overlay: the zones and lines drawn when a frame has analytics (``set_overlay``); default
+            none (track ids and trails are still drawn).
+        events_history: event messages kept for the events list, newest last.
     """
 
-    def __init__(self, jpeg_quality: int = DEFAULT_JPEG_QUALITY, max_width: int = DEFAULT_MAX_WIDTH):
+    def __init__(
+        self,
+        jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+        max_width: int = DEFAULT_MAX_WIDTH,
+        overlay: Optional[Overlay] = None,
+        events_history: int = EVENTS_HISTORY,
+    ):
+        if events_history < 1:
+            raise ValueError(f"events_history must be >= 1, got {events_history}")
         if not 10 <= jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 10..100, got {jpeg_quality}")
         if max_width < 0:
@@ -61,6 +90,13 @@ class DashboardSink(Sink):
         self._viewers = 0
         #: Frames drawn and encoded so far (the cost a viewer adds; zero while nobody watches).
         self.encodes = 0
+        self._overlay = overlay or Overlay()
+        self._overlay_failed = False
+        # (number, frame timestamp, event) of the newest event messages; numbered from 1.
+        self._events: deque[Tuple[int, float, Event]] = deque(maxlen=events_history)
+        self._event_seq = 0
+        self._line_totals: Dict[str, List[int]] = {}  # line name -> [in, out] since start
+        self._occupancy: Optional[Mapping[str, Mapping[str, int]]] = None  # the newest frame's, if tracked
 
     @classmethod
     def from_config(cls, config: DashboardConfig) -> DashboardSink:
@@ -79,6 +115,27 @@ class DashboardSink(Sink):
                 self.jpeg_quality, self.max_width = jpeg_quality, max_width
                 self._encoded.clear()  # encoded with the old settings
 
+    def set_overlay(
+        self, zones: Iterable[Any] = (), lines: Iterable[Any] = (), trail_points: int = TRAIL_POINTS
+    ) -> None:
+        """The zones and lines to draw over frames with analytics, from the next frame a viewer gets.
+
+        Each zone or line is a config object with ``name``, ``points`` and ``coordinates``
+        ("pixel" or "normalized": ``ZoneConfig``, ``LineConfig``), a mapping with those keys, or a
+        tuple ``(name, points)`` (pixels) or ``(name, points, coordinates)``; normalised points are
+        scaled to each frame's size. ``ValueError`` naming ``zones[i]``/``lines[i]`` for one that
+        cannot be drawn (nothing is changed then). Line crossing counts so far are kept.
+        """
+        overlay = Overlay(zones, lines, trail_points)
+        with self._encode_lock:
+            self._overlay = overlay
+            self._overlay_failed = False
+            self._encoded.clear()
+
+    @property
+    def overlay(self) -> Overlay:
+        return self._overlay
+
     # -- the pipeline side ------------------------------------------------------------------------
 
     def write(self, result: FrameResult) -> None:
@@ -91,6 +148,15 @@ class DashboardSink(Sink):
                 self._totals = np.zeros(len(self._class_names), np.int64)
             if len(instances):
                 self._totals += np.bincount(instances.class_ids, minlength=len(self._totals))
+            analytics = result.analytics
+            self._occupancy = None if analytics is None else analytics.zones.occupancy
+            if analytics is not None:
+                for crossing in analytics.zones.crossings:
+                    totals = self._line_totals.setdefault(crossing.line, [0, 0])
+                    totals[0 if crossing.direction == "in" else 1] += 1
+                for event in analytics.events:
+                    self._event_seq += 1
+                    self._events.append((self._event_seq, result.frame.timestamp, event))
             self._latest = result
             self._seq += 1
             self._latency.append((self._seq, age_ms, infer_ms))
@@ -151,14 +217,41 @@ class DashboardSink(Sink):
             self.encodes += 1
             return seq, jpeg
 
-    def encode(self, result: FrameResult, view: View = "result") -> bytes:
-        """``result`` drawn (or not, for "input"), scaled to ``max_width`` and JPEG-encoded."""
-        drawn: ImageArray = annotate(result.frame.image, result.instances) if view == "result" else result.frame.image
-        image: npt.NDArray[Any] = drawn
+    def render(self, result: FrameResult, view: View = "result") -> ImageArray:
+        """``result`` as the stream shows it: the instances drawn (``annotate``) and, when the frame
+        has analytics, the track ids, zones, lines and trails over them (``Overlay``), scaled to
+        ``max_width``; for "input", the captured frame, scaled."""
+        analytics = result.analytics if view == "result" else None
+        overlay = self._overlay
+        image: npt.NDArray[Any] = result.frame.image
+        if view == "result":
+            image = annotate(image, result.instances)
+            if analytics is not None:
+                self._guarded(result, lambda: overlay.draw_ids(image, result.instances, analytics))
         width = image.shape[1]
         if self.max_width and width > self.max_width:
             height = max(1, round(image.shape[0] * self.max_width / width))
             image = cv2.resize(image, (self.max_width, height), interpolation=cv2.INTER_AREA)
+        if analytics is not None:
+            if image is result.frame.image:  # never draw on the captured frame itself
+                image = image.copy()
+            canvas = image
+            self._guarded(result, lambda: overlay.draw(canvas, result.frame.size, analytics, self.line_counts()))
+        return image
+
+    def _guarded(self, result: FrameResult, draw: Callable[[], None]) -> None:
+        """Run ``draw``; odd analytics must not end a stream: the instances are still shown, and
+        the failure is logged once per overlay."""
+        try:
+            draw()
+        except Exception:
+            if not self._overlay_failed:
+                self._overlay_failed = True
+                log.exception("dashboard: drawing the analytics of frame %d failed", result.frame.frame_id)
+
+    def encode(self, result: FrameResult, view: View = "result") -> bytes:
+        """``result`` drawn (or not, for "input"), scaled to ``max_width`` and JPEG-encoded."""
+        image = self.render(result, view)
         ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if not ok:  # pragma: no cover - OpenCV fails only on an empty or invalid image
             raise ValueError(f"JPEG encoding failed for frame {result.frame.frame_id}")
@@ -210,3 +303,87 @@ class DashboardSink(Sink):
             "instances": len(latest.instances),
             "latency_ms": {str(k): round(float(v), 2) for k, v in latest.latency_ms.items()},
         }
+
+    # -- analytics ----------------------------------------------------------------------------
+
+    @property
+    def event_seq(self) -> int:
+        """How many event messages have been written (the number of the newest one)."""
+        return self._event_seq
+
+    def events_since(self, after: int = 0, limit: int = EVENTS_HISTORY) -> List[Dict[str, Any]]:
+        """Up to ``limit`` of the kept event messages numbered above ``after``, newest first, each
+        as ``event_entry`` gives it."""
+        with self._cond:
+            kept = [e for e in self._events if e[0] > after]
+        return [event_entry(n, t, e) for n, t, e in reversed(kept[-limit:])] if limit > 0 else []
+
+    def line_counts(self) -> Dict[str, Tuple[int, int]]:
+        """Line name -> (in, out) crossings since the start."""
+        with self._cond:
+            return {name: (v[0], v[1]) for name, v in self._line_totals.items()}
+
+    def zone_counts(self) -> Optional[Dict[str, Any]]:
+        """The zones' occupancy in the newest frame and the lines' crossing counts so far; None
+        while the newest frame has no analytics (tracking off).
+
+        ``{"zones": [{"name", "color", "counts": {class: n}, "total"}], "lines": [{"name",
+        "color", "in", "out"}]}``: configured zones and lines first, in config order, with their
+        colour as drawn (``#RRGGBB``, null for one that is not configured), then any other seen.
+        """
+        with self._cond:
+            occupancy = self._occupancy
+        if occupancy is None:
+            return None
+        overlay = self._overlay
+        zone_names = [z.name for z in overlay.zones]
+        zone_names += sorted(str(n) for n in occupancy if n not in set(zone_names))
+        zones = []
+        for name in zone_names:
+            index = next((i for i, z in enumerate(overlay.zones) if z.name == name), None)
+            counts = {str(c): int(n) for c, n in (occupancy.get(name) or {}).items()}
+            zones.append({"name": name, "color": None if index is None else overlay.color("zone", index),
+                          "counts": counts, "total": sum(counts.values())})
+        totals = self.line_counts()
+        line_names = [ln.name for ln in overlay.lines]
+        line_names += sorted(n for n in totals if n not in set(line_names))
+        lines = []
+        for name in line_names:
+            index = next((i for i, ln in enumerate(overlay.lines) if ln.name == name), None)
+            went_in, went_out = totals.get(name, (0, 0))
+            lines.append({"name": name, "color": None if index is None else overlay.color("line", index),
+                          "in": went_in, "out": went_out})
+        return {"zones": zones, "lines": lines}
+
+
+def _light(value: Any, depth: int = 0) -> Any:
+    """A JSON-able copy of an event document without ``HEAVY_KEYS`` (at any depth)."""
+    if depth > LIGHT_DEPTH:
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _light(v, depth + 1) for k, v in value.items() if str(k) not in HEAVY_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_light(v, depth + 1) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def event_entry(number: int, timestamp: float, event: Event) -> Dict[str, Any]:
+    """One event message as the dashboard lists it.
+
+    ``{"seq", "time", "type", "event_id", "track_id", "reasons", "document"}``: ``seq`` numbers
+    the messages the feed received, ``time`` is the timestamp of the frame it came with, and
+    ``document`` is ``Event.document`` without masks, snapshots and paths (``HEAVY_KEYS``).
+    """
+    return {
+        "seq": number,
+        "time": round(float(timestamp), 3),
+        "type": event.type,
+        "event_id": event.event_id,
+        "track_id": int(event.track_id),
+        "reasons": [str(r) for r in event.reasons],
+        "document": _light(event.document),
+    }

@@ -4,8 +4,12 @@
     GET  /stream.mjpg   multipart/x-mixed-replace JPEG stream of the newest frame (?view=input
                         for the raw frames, ?fps= from STREAM_FPS_MIN up, capped at stream_fps),
                         each viewer at its own pace
-    GET  /events        Server-Sent Events: one ``stats`` event per 1/events_hz s
-    GET  /api/state     the same payload as one event, as JSON
+    GET  /events        Server-Sent Events: one ``stats`` event per 1/events_hz s, and, when
+                        tracking is on, an ``events`` event with the event messages that came
+                        since the last one (the kept ones first, on connecting)
+    GET  /api/state     the same payload as one ``stats`` event, as JSON
+    GET  /api/events    the newest event messages, newest first (?limit=, 1..EVENTS_HISTORY)
+    GET  /api/zones     zone occupancy and line crossing counts (null before any analytics)
     POST /api/control   JSON {conf_threshold, nms, resolution, source, paused}; 400 + one line
     GET  /metrics       Prometheus text exposition (from the ``metrics`` callable)
 
@@ -66,7 +70,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from edgeseg.config.dashboard import STREAM_FPS_MAX, STREAM_FPS_MIN, TOKEN_MAX_LENGTH, DashboardConfig, is_loopback
 from edgeseg.dashboard.controls import Controls, parse_control
-from edgeseg.dashboard.feed import VIEWS, DashboardSink, View
+from edgeseg.dashboard.feed import EVENTS_HISTORY, VIEWS, DashboardSink, View
 from edgeseg.dashboard.system import SystemMonitor, panel_from_telemetry
 from edgeseg.errors import EdgesegError
 from edgeseg.package_data import package_text
@@ -111,6 +115,8 @@ SSE_RETRY_MS: Final = 2000
 SYSTEM_CACHE_S: Final = 0.5
 """Several viewers share one system reading taken at most this often."""
 LATENCY_SAMPLES_PER_EVENT: Final = 120
+EVENTS_DEFAULT_LIMIT: Final = 50
+"""Event messages /api/events answers without ``?limit=``."""
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 DASHBOARD_NICE: Final = 10
 """Nice value of every dashboard thread: below the pipeline's stages (0 and 5), so that on a
@@ -270,6 +276,8 @@ QUERY_PARAMS: Final[typing.Mapping[str, typing.Tuple[QueryParam, ...]]] = {
                      QueryParam("fps", low=STREAM_FPS_MIN, high=STREAM_FPS_MAX)),
     "/events": (TOKEN_PARAM,),
     "/api/state": (TOKEN_PARAM,),
+    "/api/events": (TOKEN_PARAM, QueryParam("limit", low=1, high=EVENTS_HISTORY)),
+    "/api/zones": (TOKEN_PARAM,),
     "/api/control": (TOKEN_PARAM,),  # refused by authorize() on POST, but bounded all the same
     "/metrics": (TOKEN_PARAM,),
 }
@@ -723,6 +731,7 @@ class DashboardServer:
             "controls": None if controls is None else dict(controls),
             "frame": self.feed.frame_info(),
             "counts": self.feed.counts(),
+            "zones": self.feed.zone_counts(),
             "latency": [
                 [seq, round(e2e, 2), round(infer, 2)]
                 for seq, e2e, infer in self.feed.latency_since(latency_after, LATENCY_SAMPLES_PER_EVENT)
@@ -879,11 +888,14 @@ class _Handler(BaseHTTPRequestHandler):
             "/stream.mjpg": self._stream,
             "/events": self._events,
             "/api/state": self._state,
+            "/api/events": self._recent_events,
+            "/api/zones": self._zones,
             "/metrics": self._metrics,
         })
 
     def do_HEAD(self) -> None:
-        self._dispatch({"/": self._page, "/index.html": self._page, "/api/state": self._state})
+        self._dispatch({"/": self._page, "/index.html": self._page, "/api/state": self._state,
+                        "/api/events": self._recent_events, "/api/zones": self._zones})
 
     def do_POST(self) -> None:
         self._dispatch({"/api/control": self._control})
@@ -896,6 +908,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _state(self, _query: Mapping[str, Any]) -> None:
         self._json(HTTPStatus.OK, self.app.state())
+
+    def _recent_events(self, query: Mapping[str, Any]) -> None:
+        limit = int(query.get("limit", EVENTS_DEFAULT_LIMIT))
+        self._json(HTTPStatus.OK, {"events": self.app.feed.events_since(0, limit)})
+
+    def _zones(self, _query: Mapping[str, Any]) -> None:
+        self._json(HTTPStatus.OK, self.app.feed.zone_counts())
 
     def _metrics(self, _query: Mapping[str, Any]) -> None:
         if self.app.metrics is None:
@@ -1039,13 +1058,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._begin_stream("text/event-stream; charset=utf-8")
             self.wfile.write(f"retry: {SSE_RETRY_MS}\n\n".encode("ascii"))
             event_id = 0
-            latency_after = max(0, self.app.feed.seq - LATENCY_SAMPLES_PER_EVENT)
+            feed = self.app.feed
+            latency_after = max(0, feed.seq - LATENCY_SAMPLES_PER_EVENT)
+            events_after = 0  # the kept event messages first, then each new one once
             while not self.app.stopping and not self._revoked():
                 payload = self.app.state(latency_after)
                 if payload["latency"]:
                     latency_after = payload["latency"][-1][0]
                 event_id += 1
                 self.wfile.write(sse_event(payload, "stats", event_id))
+                fresh = feed.events_since(events_after)
+                if fresh:
+                    events_after = fresh[0]["seq"]
+                    event_id += 1
+                    self.wfile.write(sse_event({"events": fresh}, "events", event_id))
                 self.wfile.flush()
                 if self._linger(period):
                     break

@@ -1,4 +1,5 @@
-// edgeseg dashboard: the live stream, statistics from Server-Sent Events, and the controls.
+// edgeseg dashboard: the live stream, statistics, zones and events from Server-Sent Events, and
+// the controls.
 // No libraries and no requests anywhere but this server: the device may have no internet.
 (() => {
   'use strict';
@@ -276,6 +277,136 @@
     }
   };
 
+  // -- tracking: zones, lines and the events list ----------------------------------------------
+  // Zone and line names are the user's, and event documents carry them: every value goes into
+  // the page as text (textContent, createTextNode), never as markup.
+  const EVENTS_SHOWN = 100;
+  const COLOR = /^#[0-9a-fA-F]{6}$/;
+  const num = (v) => typeof v === 'number' && Number.isFinite(v);
+  const clock = (t) => num(t) ? new Date(t * 1000).toLocaleTimeString() : '–';
+  const showTracking = () => {
+    $('zones-panel').classList.remove('hidden');
+    $('events-panel').classList.remove('hidden');
+  };
+  const swatch = (color) => {
+    const dot = el('span', 'dot');
+    if (typeof color === 'string' && COLOR.test(color)) dot.style.background = color;
+    return dot;
+  };
+  const nameCell = (name, color) => {
+    const td = el('td');
+    td.appendChild(swatch(color));
+    td.appendChild(document.createTextNode(String(name)));
+    td.title = String(name);
+    return td;
+  };
+
+  const renderZones = (z) => {
+    if (!z) {  // the newest frame has no analytics: tracking is off (the events list stays)
+      $('zones-panel').classList.add('hidden');
+      return;
+    }
+    showTracking();
+    const zones = Array.isArray(z.zones) ? z.zones : [];
+    const lines = Array.isArray(z.lines) ? z.lines : [];
+    const body = $('zones');
+    body.replaceChildren();
+    $('zones-empty').classList.toggle('hidden', zones.length > 0);
+    for (const zone of zones) {
+      const tr = el('tr');
+      tr.appendChild(nameCell(zone.name, zone.color));
+      const inside = Object.entries(zone.counts || {}).filter(([, n]) => n > 0)
+        .sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+      tr.appendChild(el('td', 'classes', inside.length ? inside.map(([c, n]) => `${c} ${n}`).join(' · ') : '–'));
+      tr.appendChild(el('td', 'num', int(zone.total)));
+      body.appendChild(tr);
+    }
+    const lineBody = $('lines');
+    lineBody.replaceChildren();
+    $('lines-empty').classList.toggle('hidden', lines.length > 0);
+    for (const line of lines) {
+      const tr = el('tr');
+      tr.appendChild(nameCell(line.name, line.color));
+      tr.appendChild(el('td', 'num', int(line.in)));
+      tr.appendChild(el('td', 'num', int(line.out)));
+      lineBody.appendChild(tr);
+    }
+  };
+
+  // An event document's zones (edgeseg/schemas/event.v1.json): a mapping zone -> {entered_at,
+  // left_at, dwell_s, loitering} (a list of {zone, ...} is read too); its crossings: a list of
+  // {line, direction, time}.
+  const zoneVisits = (zones) => {
+    if (Array.isArray(zones)) return zones.filter((v) => v && typeof v === 'object').map((v) => [v.zone ?? v.name, v]);
+    if (zones && typeof zones === 'object') return Object.entries(zones).map(([k, v]) => [k, v || {}]);
+    return [];
+  };
+  const scoreText = (s) => {
+    if (num(s)) return fmt(s, 2);
+    if (s && typeof s === 'object') {
+      const parts = [];
+      if (num(s.best)) parts.push('best ' + fmt(s.best, 2));
+      if (num(s.current)) parts.push('now ' + fmt(s.current, 2));
+      return parts.join(' ');
+    }
+    return '';
+  };
+  const detail = (label, parts) => {
+    const div = el('div', 'ev-detail', label + ' ');
+    parts.forEach((text, i) => {
+      if (i) div.appendChild(document.createTextNode(' · '));
+      div.appendChild(el('b', null, text));
+    });
+    return div;
+  };
+  const eventNode = (e) => {
+    const d = (e.document && typeof e.document === 'object') ? e.document : {};
+    const type = ['new', 'update', 'end'].includes(e.type) ? e.type : 'other';
+    const li = el('li', 'ev-' + type);
+    const head = el('div', 'ev-head');
+    head.appendChild(el('span', 'ev-time', clock(e.time)));
+    head.appendChild(el('span', 'ev-type', String(e.type)));
+    head.appendChild(el('b', null, String(d.class ?? d.class_name ?? d.label ?? '?')));
+    head.appendChild(el('span', 'ev-track', '#' + String(e.track_id)));
+    const score = scoreText(d.score);
+    if (score) head.appendChild(el('span', 'muted', score));
+    li.appendChild(head);
+    const reasons = (Array.isArray(e.reasons) ? e.reasons : []).filter((r) => r !== e.type).map(String);
+    if (reasons.length) li.appendChild(detail('why', reasons));
+    const visits = zoneVisits(d.zones).map(([name, v]) => {
+      let text = `${name} entered ${clock(v.entered_at)}`;
+      if (num(v.left_at)) text += `, left ${clock(v.left_at)}`;
+      const dwell = v.dwell_s ?? v.dwell_seconds ?? v.dwell;
+      if (num(dwell)) text += ` (${fmt(dwell, 1)} s)`;
+      if (v.loitering === true) text += ' loitering';
+      return text;
+    });
+    if (visits.length) li.appendChild(detail('zones', visits));
+    const crossings = (Array.isArray(d.crossings) ? d.crossings : []).filter((c) => c && typeof c === 'object')
+      .map((c) => `${c.line ?? c.name} ${c.direction ?? ''} ${clock(c.time ?? c.timestamp)}`);
+    if (crossings.length) li.appendChild(detail('lines', crossings));
+    return li;
+  };
+
+  let lastEvent = 0;  // the newest event message shown (numbered by the server from 1)
+  let resync = true;  // the next events message after (re)connecting may restart the numbering
+  const addEvents = (entries) => {
+    const fresh = (Array.isArray(entries) ? entries : []).filter((e) => e && num(e.seq));
+    if (!fresh.length) return;
+    const list = $('events-list');
+    if (resync && Math.max(...fresh.map((e) => e.seq)) < lastEvent) {  // a restarted server
+      list.replaceChildren();
+      lastEvent = 0;
+    }
+    resync = false;
+    showTracking();
+    const unseen = fresh.filter((e) => e.seq > lastEvent).sort((a, b) => a.seq - b.seq);
+    for (const e of unseen) list.insertBefore(eventNode(e), list.firstChild);
+    if (unseen.length) lastEvent = unseen[unseen.length - 1].seq;
+    while (list.children.length > EVENTS_SHOWN) list.removeChild(list.lastChild);
+    $('events-empty').classList.toggle('hidden', list.children.length > 0);
+  };
+
   // -- controls -------------------------------------------------------------------------------
   const conf = $('conf'), nms = $('nms'), resolution = $('resolution'), source = $('source'), pause = $('pause');
   let editing = 0;  // until a change is answered, incoming state does not overwrite the widgets
@@ -391,6 +522,7 @@
     renderLatency(p.latency);
     renderSystem(p.system);
     renderCounts(p.counts);
+    renderZones(p.zones);
     renderSwitches(p.switches);
     renderControls(p.controls, false);
     if (p.controls && p.controls.paused) status('paused', 'wait');
@@ -398,6 +530,12 @@
     else status('live', 'live');
     if (img.naturalWidth > 0) $('stream-wait').classList.add('hidden');
   });
+  events.addEventListener('events', (e) => {
+    let p;
+    try { p = JSON.parse(e.data); } catch (err) { return; }
+    addEvents(p.events);
+  });
+  events.addEventListener('open', () => { resync = true; });
   events.addEventListener('error', () => status('disconnected', 'bad'));
   drawChart();
 })();
