@@ -9,10 +9,17 @@ DEMO_OUT    ?= out/demo
 
 .PHONY: demo test test-compat test-py38 test-py310 setup lint typecheck clean typings system-deps
 
+# TrackEval (HOTA, MOTA, IDF1 for `edgeseg eval-tracks`) without its declared dependencies: its
+# metadata asks for numpy >= 2.2 on Python 3.10 and >= 1.24 on 3.8 (neither needed: it runs on
+# numpy 1.23 to 2.x here) and for the GUI opencv-python beside our headless one. Its real needs
+# (numpy, scipy) are the runtime's own; tabulate only for its table printing.
+TRACKEVAL := 'trackeval>=1.3,<2' 'tabulate>=0.9'
+
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,export]'
+	$(PY) -m pip install --quiet --no-deps $(TRACKEVAL)
 	touch $@
 
 setup: $(VENV)/.installed
@@ -68,6 +75,7 @@ test-compat: test-py38 test-py310
 	$(PYTHON_$*) -m venv .venv-py$*
 	.venv-py$*/bin/python -m pip install --quiet --upgrade pip
 	.venv-py$*/bin/python -m pip install --quiet -e '.[dev]' '$(NUMPY_$*)'
+	.venv-py$*/bin/python -m pip install --quiet --no-deps $(TRACKEVAL)
 	touch $@
 
 PYTHON_38 = $(PY38)

@@ -7,7 +7,11 @@
 ::
 
     edgeseg synth --out data/shapes [--train 2000] [--val 200] [--size 320] [--seed 0]
-                  [--video data/demo.mp4 [--video-frames 150]]
+                  [--video data/demo.mp4 [--video-frames 150] [--tracking-scene crossings|anchors]]
+
+``--video`` writes the demo video, or with ``--tracking-scene`` a scripted tracking scene
+(``export/data/scenes.py``); both with their per-frame ground truth (track ids; a scene's also
+has its zones, lines and true events) next to the video.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from edgeseg.errors import ExportError
+from export.data.scenes import SCENES, write_tracking_scene
 from export.data.synthetic import DEFAULT_SIZE, VIDEO_FPS, VIDEO_FRAMES, VIDEO_SIZE, write_split, write_video
 
 EXIT_OK: Final = 0
@@ -40,6 +45,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     """Generate the requested splits and video, then print one summary line per output."""
     if args.video_frames is not None and args.video is None:
         raise ExportError("synth: --video-frames needs --video PATH (the mp4 to write)")
+    if args.tracking_scene is not None and args.video is None:
+        raise ExportError("synth: --tracking-scene needs --video PATH (the mp4 to write)")
     if args.video is not None and Path(args.video).suffix.lower() != ".mp4":
         raise ExportError(f"synth: --video {args.video}: expected a .mp4 path (the ground truth goes next to it)")
     out = Path(args.out)
@@ -54,9 +61,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.video is not None:
         start = time.perf_counter()
         frames = VIDEO_FRAMES if args.video_frames is None else args.video_frames
-        v = write_video(Path(args.video), frames=frames, seed=args.seed)
-        print(f"synth: video {v.video} ({v.frames} frames), ground truth {v.annotations} "
-              f"({v.instances} instances) in {time.perf_counter() - start:.1f} s")
+        if args.tracking_scene is not None:
+            sc = write_tracking_scene(args.tracking_scene, Path(args.video), frames=frames, seed=args.seed)
+            agreement = ", ".join(f"{z} {v:.3f}" for z, v in (sc.anchor_agreement or {}).items())
+            print(f"synth: tracking scene {args.tracking_scene}: video {sc.video} ({sc.frames} frames), ground truth "
+                  f"{sc.annotations} ({sc.instances} instances of {sc.tracks} tracks, {sc.zone_events} zone visits, "
+                  f"{sc.crossings} line crossings; box anchor agrees with the masks: {agreement or 'no zones'}) "
+                  f"in {time.perf_counter() - start:.1f} s")
+        else:
+            v = write_video(Path(args.video), frames=frames, seed=args.seed)
+            print(f"synth: video {v.video} ({v.frames} frames), ground truth {v.annotations} "
+                  f"({v.instances} instances of {v.tracks} tracks) in {time.perf_counter() - start:.1f} s")
     return EXIT_OK
 
 
@@ -82,5 +97,9 @@ def add_synth_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "PATH.json, its per-frame COCO ground truth (image id = 0-based frame index)")
     p.add_argument("--video-frames", type=_count, metavar="N",
                    help=f"frames of the demo video (default {VIDEO_FRAMES}, {VIDEO_FRAMES // VIDEO_FPS} s)")
+    p.add_argument("--tracking-scene", choices=sorted(SCENES), metavar="NAME",
+                   help="with --video: write this scripted tracking scene instead of the demo video: "
+                        + "; ".join(f"{n}: {SCENES[n].description}" for n in sorted(SCENES))
+                        + ". Its PATH.json also holds the zones, lines and true events")
     p.set_defaults(func=cmd_synth)
     return p

@@ -45,7 +45,11 @@ to seven shapes (every class when there are five or more) move, rotate and bounc
 background that crossfades into another one, under drifting illumination (gain and a rotating
 gradient) with sensor noise. The per-frame ground truth is a COCO json next to the video
 (``demo.mp4`` -> ``demo.json``), same conventions as above, except that image ids are the
-0-based frame index, which is the ``frame_id`` the runtime gives video frames.
+0-based frame index, which is the ``frame_id`` the runtime gives video frames, and that every
+annotation carries the ``track_id`` of its shape (1..n, the same in every frame, also after a
+frame where the shape was hidden; ``info.track_ids`` is true), for ``edgeseg eval-tracks``.
+:func:`render_video` paints any timeline of (track id, shape) this way: the scripted tracking
+scenes of ``export/data/scenes.py`` use it too.
 
 Only numpy, OpenCV and pycocotools: no torch, so CI and the device can generate data.
 """
@@ -57,7 +61,7 @@ import logging
 import math
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import NormalDist
@@ -724,6 +728,140 @@ class VideoSummary:
     frames: int
     instances: int
     dropped: int
+    tracks: int = 0
+    """Distinct ground-truth track ids among the annotated instances."""
+
+
+@dataclass(frozen=True)
+class TrackedInstance:
+    """An annotated instance of a video frame and the ground-truth track (the object) it shows."""
+
+    track_id: int
+    instance: Instance
+
+
+Timeline = Sequence[Sequence[tuple[int, Shape]]]
+"""Per frame, the (track id, shape) pairs to paint, in paint order (a later one covers an earlier)."""
+FrameObserver = Callable[[int, Sequence[TrackedInstance]], None]
+"""Called with each frame's index and its annotated instances (what the ground truth says)."""
+
+
+@dataclass(frozen=True)
+class VideoStage:
+    """What every frame of a video is painted over, and how the camera moves and lights it.
+
+    Attributes:
+        backgrounds: two backgrounds of (height + 2 pad, width + 2 pad).
+        pad: margin of the backgrounds that the camera pans over.
+        phase: the pan's starting angle, also the phase of the lighting drift.
+        pan: pan along an ellipse and crossfade into the second background (the demo video); a
+            fixed camera (the tracking scenes, whose zones and lines are fixed in the image) shows
+            the first background, still under drifting light and sensor noise.
+    """
+
+    backgrounds: tuple[ImageArray, ImageArray]
+    pad: int
+    phase: float
+    pan: bool = True
+
+
+def _stage_background(stage: VideoStage, u: float, width: int, height: int) -> ImageArray:
+    """The background at time ``u`` in [0, 1] of the video."""
+    if not stage.pan:
+        p = stage.pad
+        return np.ascontiguousarray(stage.backgrounds[0][p:p + height, p:p + width])
+    pad, phase = stage.pad, stage.phase
+    # Camera pan along an ellipse, and a crossfade from the first background to the second.
+    ox = int(round(pad * (1 + math.sin(2 * math.pi * u + phase))))
+    oy = int(round(pad * (1 + math.cos(2 * math.pi * u + phase))))
+    w = np.float32(0.5 - 0.5 * math.cos(math.pi * u))
+    b0, b1 = stage.backgrounds
+    return np.asarray(cv2.addWeighted(b0[oy:oy + height, ox:ox + width], float(1 - w),
+                                      b1[oy:oy + height, ox:ox + width], float(w), 0.0), np.uint8)
+
+
+def render_video(
+    path: Path,
+    timeline: Timeline,
+    stage: VideoStage,
+    seed: int,
+    fps: int,
+    size: tuple[int, int],
+    observe: FrameObserver | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """Paint ``timeline`` over ``stage`` into the mp4v video at ``path``.
+
+    Returns the COCO ``images`` (id = 0-based frame index), the ``annotations`` (each with its
+    ``track_id``) and the number of instances dropped as hidden. Frame ``i`` draws its sensor
+    noise from :func:`image_rng` ``(seed, 2, i)``.
+    """
+    width, height = size
+    frames = len(timeline)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), float(fps), (width, height))
+    if not writer.isOpened():
+        raise ExportError(f"{path}: OpenCV could not open an mp4v video writer (expected a writable .mp4 path)")
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
+    dropped = 0
+    try:
+        for i, tracked in enumerate(timeline):
+            u = i / max(frames - 1, 1)
+            bg = _stage_background(stage, u, width, height)
+            track_of = {id(shape): track_id for track_id, shape in tracked}
+            scene = compose(bg, [shape for _, shape in tracked])
+            theta = stage.phase + 2 * math.pi * u
+            ramp = np.add.outer(np.arange(height, dtype=np.float32) * np.float32(math.sin(theta) / height),
+                                np.arange(width, dtype=np.float32) * np.float32(math.cos(theta) / width))
+            illumination = (1.0 + 0.25 * ramp).astype(np.float32)
+            gain = 0.9 + 0.3 * math.sin(2 * math.pi * 1.5 * u + stage.phase)
+            camera = Camera(illumination, gain=gain, noise_sigma=VIDEO_NOISE_SIGMA)
+            writer.write(apply_camera(scene.image, camera, image_rng(seed, VIDEO_STREAM, i)))
+            images.append({"id": i, "file_name": f"{path.stem}_{i:06d}.jpg", "width": width, "height": height,
+                           "frame_index": i})
+            seen = [TrackedInstance(track_of[id(inst.shape)], inst) for inst in scene.instances]
+            for t in seen:
+                ann = annotation(t.instance.mask, t.instance.category_id, len(anns) + 1, i)
+                ann["track_id"] = t.track_id
+                anns.append(ann)
+            if observe is not None:
+                observe(i, seen)
+            dropped += scene.dropped
+    finally:
+        writer.release()
+    return images, anns, dropped
+
+
+def check_video_args(frames: int, seed: int, fps: int, size: tuple[int, int], what: str = "demo video") -> None:
+    """Refuse, in one line, a video that cannot be made."""
+    _check_size(min(size))
+    _check_seed(seed)
+    if frames < 1:
+        raise ExportError(f"{what}: expected at least 1 frame, got {frames}")
+    if fps < 1:
+        raise ExportError(f"{what}: expected fps >= 1, got {fps}")
+
+
+def video_info(description: str, seed: int, path: Path, fps: int, frames: int, dropped: int) -> dict[str, Any]:
+    """The ``info`` of a video's ground truth."""
+    return {
+        "description": description,
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "video": path.name,
+        "fps": fps,
+        "frames": frames,
+        "dropped_occluded": dropped,
+        "track_ids": True,
+    }
+
+
+def write_ground_truth(path: Path, info: dict[str, Any], images: list[dict[str, Any]],
+                       anns: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+    """The COCO json of a video (``extra``: top-level keys beyond COCO's, which COCO readers ignore)."""
+    data = {"info": info, "licenses": [], "images": images, "annotations": anns, "categories": categories()}
+    data.update(extra or {})
+    _write_json(path, data)
 
 
 @dataclass
@@ -778,69 +916,26 @@ def write_video(
     """The demo video at ``path`` (mp4v) and its per-frame COCO ground truth at ``path.with_suffix('.json')``.
 
     ``size`` is (width, height). Deterministic by ``seed`` (frame ``i`` draws its noise from
-    :func:`image_rng` ``(seed, 2, i)``).
+    :func:`image_rng` ``(seed, 2, i)``). Every annotation carries the ``track_id`` of its shape
+    (1 to the number of shapes, the same in every frame), also across frames where the shape is
+    hidden and so not annotated.
     """
     width, height = size
-    _check_size(min(width, height))
-    _check_seed(seed)
-    if frames < 1:
-        raise ExportError(f"demo video: expected at least 1 frame, got {frames}")
-    if fps < 1:
-        raise ExportError(f"demo video: expected fps >= 1, got {fps}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_video_args(frames, seed, fps, size)
     rng = image_rng(seed, VIDEO_SCENE_STREAM, 0)
     pad = max(width, height) // 8
-    backgrounds = [make_background(rng, height + 2 * pad, width + 2 * pad) for _ in range(2)]
+    backgrounds = (make_background(rng, height + 2 * pad, width + 2 * pad),
+                   make_background(rng, height + 2 * pad, width + 2 * pad))
     movers = _movers(rng, width, height, backgrounds[0].reshape(-1, 3).mean(axis=0).astype(np.float32))
     phase = float(rng.uniform(0, 2 * math.pi))
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), float(fps), (width, height))
-    if not writer.isOpened():
-        raise ExportError(f"{path}: OpenCV could not open an mp4v video writer (expected a writable .mp4 path)")
-    images: list[dict[str, Any]] = []
-    anns: list[dict[str, Any]] = []
-    dropped = 0
-    try:
-        for i in range(frames):
-            u = i / max(frames - 1, 1)
-            # Camera pan along an ellipse, and a crossfade from the first background to the second.
-            ox = int(round(pad * (1 + math.sin(2 * math.pi * u + phase))))
-            oy = int(round(pad * (1 + math.cos(2 * math.pi * u + phase))))
-            w = np.float32(0.5 - 0.5 * math.cos(math.pi * u))
-            bg = np.asarray(cv2.addWeighted(backgrounds[0][oy:oy + height, ox:ox + width], float(1 - w),
-                                            backgrounds[1][oy:oy + height, ox:ox + width], float(w), 0.0), np.uint8)
-            scene = compose(bg, [m.shape for m in movers])
-            theta = phase + 2 * math.pi * u
-            ramp = np.add.outer(np.arange(height, dtype=np.float32) * np.float32(math.sin(theta) / height),
-                                np.arange(width, dtype=np.float32) * np.float32(math.cos(theta) / width))
-            illumination = (1.0 + 0.25 * ramp).astype(np.float32)
-            gain = 0.9 + 0.3 * math.sin(2 * math.pi * 1.5 * u + phase)
-            camera = Camera(illumination, gain=gain, noise_sigma=VIDEO_NOISE_SIGMA)
-            frame = apply_camera(scene.image, camera, image_rng(seed, VIDEO_STREAM, i))
-            writer.write(frame)
-            images.append({"id": i, "file_name": f"{path.stem}_{i:06d}.jpg", "width": width, "height": height,
-                           "frame_index": i})
-            for inst in scene.instances:
-                anns.append(annotation(inst.mask, inst.category_id, len(anns) + 1, i))
-            dropped += scene.dropped
-            for m in movers:
-                m.step(width, height)
-    finally:
-        writer.release()
+    timeline: list[list[tuple[int, Shape]]] = []
+    for _ in range(frames):
+        timeline.append([(k + 1, m.shape) for k, m in enumerate(movers)])
+        for m in movers:
+            m.step(width, height)
+    images, anns, dropped = render_video(path, timeline, VideoStage(backgrounds, pad, phase), seed, fps, size)
     gt = path.with_suffix(".json")
-    data = {
-        "info": {
-            "description": "edgeseg synthetic demo video ground truth (image id = 0-based frame index)",
-            "generator_version": GENERATOR_VERSION,
-            "seed": seed,
-            "video": path.name,
-            "fps": fps,
-            "frames": frames,
-            "dropped_occluded": dropped,
-        },
-        "licenses": [],
-        "images": images,
-        "annotations": anns,
-        "categories": categories(),
-    }
-    _write_json(gt, data)
-    return VideoSummary(path, gt, frames, len(anns), dropped)
+    info = video_info("edgeseg synthetic demo video ground truth (image id = 0-based frame index)",
+                      seed, path, fps, frames, dropped)
+    write_ground_truth(gt, info, images, anns)
+    return VideoSummary(path, gt, frames, len(anns), dropped, len({a["track_id"] for a in anns}))
