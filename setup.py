@@ -21,6 +21,7 @@ RUNTIME = [
     "psutil>=5.9",
     "cryptography>=41",  # ed25519 bundle signatures
     "paho-mqtt>=2,<3",
+    "scipy>=1.10",  # linear_sum_assignment for the tracker (1.10: the last with Python 3.8 wheels, aarch64 too)
 ]
 
 EXTRAS = {
@@ -34,6 +35,7 @@ EXTRAS = {
         # pytest-timeout: the suite-wide bound of pyproject.toml; 2.x installs on Python 3.8 to 3.13.
         "pytest>=8", "pytest-timeout>=2.3,<3", "jsonschema>=4.20", "mypy>=1.10", "ruff>=0.5", "selenium>=4.15",
         "onnx>=1.15", "onnxsim>=0.4", "matplotlib>=3.7", "vermin>=1.6",
+        "jinja2>=3",  # renders the Home Assistant value templates edgeseg publishes, in tests
     ],
 }
 

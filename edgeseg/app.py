@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edgeseg.config import Config
 from edgeseg.errors import ConfigError
@@ -25,6 +26,9 @@ from edgeseg.sinks.base import Sink
 from edgeseg.sources import open_source
 from edgeseg.sources.base import Source
 from edgeseg.sources.uri import mask_credentials
+
+if TYPE_CHECKING:
+    from edgeseg.analytics.stage import AnalyticsStage
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +47,23 @@ class Runtime:
         self._stack.close()
 
 
+def build_analytics(config: Config, model: Model) -> AnalyticsStage | None:
+    """Tracker, zones, lines and events when ``tracker.enabled``; None otherwise."""
+    if not config.tracker.enabled:
+        return None
+    from edgeseg.analytics.stage import AnalyticsStage  # scipy and the trackers: only when asked for
+
+    return AnalyticsStage(config.tracker, config.zones, config.lines, config.events, config.camera_name(),
+                          model.spec.class_names)
+
+
 def build_processor(config: Config, model: Model) -> FrameProcessor:
-    """The per-frame work for ``model`` with the configured postprocessing."""
+    """The per-frame work for ``model`` with the configured postprocessing (and analytics)."""
     return FrameProcessor(
         model,
         Postprocessor(config.postprocess.settings(), model.spec.class_names),
         inference_workers=config.pipeline.inference_workers,
+        analytics=build_analytics(config, model),
     )
 
 

@@ -150,6 +150,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["log_level"] = args.log_level
     if getattr(args, "sink", None):
         out.setdefault("output", {})["sinks"] = list(args.sink)
+    if getattr(args, "track", False):
+        out.setdefault("tracker", {})["enabled"] = True
+    if getattr(args, "camera", None):
+        out.setdefault("source", {})["name"] = args.camera
     return out
 
 
@@ -341,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mask-format", choices=["rle", "polygon", "none"], help="mask encoding in JSON outputs")
     run.add_argument("--max-frames", type=_config_number(PipelineConfig, "pipeline.max_frames", int),
                      help="stop after N frames (0: until the source ends)")
+    run.add_argument("--track", action="store_true",
+                     help="track objects: track_id on every instance (frame result v2), zones, lines and\n"
+                          "events from the config (tracker:, zones:, lines:, events:; sink events:PATH)")
+    run.add_argument("--camera", metavar="NAME", help="the camera's name in events (default: from the source URI)")
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser("eval", help="COCO box and mask mAP on an annotated image folder")
@@ -377,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_doctor_parser(sub)
     add_config_parser(sub)
+    from edgeseg.evaluation.tracks import add_eval_tracks_parser
+
+    add_eval_tracks_parser(sub)
     _add_export_stage_parsers(sub)
 
     ex = sub.add_parser("export", help="build an engine bundle from an ONNX model (needs edgeseg[export])")

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from edgeseg.analytics.types import Analytics
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
@@ -34,7 +38,9 @@ class Frame:
         image: HxWx3 uint8, BGR (OpenCV order).
         frame_id: position in the source, from 0; increases by one per frame read.
         source: the URI the frame was read from.
-        timestamp: capture time, seconds since the epoch (``time.time()``).
+        timestamp: capture time, seconds since the epoch (``time.time()``); for a video file, media
+            time (the file's open time plus the frame's position in it), so that recorded clips
+            give the same tracks and events at any processing speed.
         name: the file name for image folders and files, otherwise empty.
     """
 
@@ -201,6 +207,8 @@ class FrameResult:
         model: the model's name (file stem or bundle name).
         resolution: (height, width) of the network input used for this frame.
         latency_ms: time spent per stage on this frame, stage name to milliseconds.
+        analytics: track ids, zones, line crossings and events of this frame when tracking is on
+            (``edgeseg.analytics``), else None.
     """
 
     frame: Frame
@@ -208,3 +216,4 @@ class FrameResult:
     model: str
     resolution: tuple[int, int]
     latency_ms: dict[str, float] = field(default_factory=dict)
+    analytics: Optional[Analytics] = None

@@ -446,7 +446,7 @@ def test_failed_switch_is_not_remembered(switches: list[tuple[str, bool]], fails
     def open_model(config: Any) -> Any:
         if fails == "load":
             raise ModelError("bundle refused")
-        return SimpleNamespace(spec=SimpleNamespace(name="m"))
+        return SimpleNamespace(spec=SimpleNamespace(name="m", class_names=("thing",)))
 
     monkeypatch.setattr(daemon, "_start", start)
     monkeypatch.setattr("edgeseg.service.daemon.open_model", open_model)

@@ -62,7 +62,7 @@ PACED_AFTER_FRAMES = 10
 WAIT_STAGES = frozenset({"capture"})
 #: Stages each non-inference thread runs per frame (for the busiest-thread cost).
 CAPTURE_THREAD_STAGES = ("preprocess",)
-OUTPUT_THREAD_STAGES = ("decode", "postprocess", "sink")
+OUTPUT_THREAD_STAGES = ("decode", "postprocess", "analytics", "sink")
 
 
 class _PipelineLike(Protocol):

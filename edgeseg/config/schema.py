@@ -19,8 +19,11 @@ from edgeseg.config.adaptive import AdaptiveConfig
 from edgeseg.config.dashboard import DashboardConfig
 from edgeseg.config.engines import EnginesConfig
 from edgeseg.config.errors import describe_validation_error
+from edgeseg.config.events import EventsConfig
 from edgeseg.config.mqtt import MqttConfig
+from edgeseg.config.tracker import TrackerConfig
 from edgeseg.config.yaml_loader import load_yaml
+from edgeseg.config.zones import LineList, ZoneList
 from edgeseg.errors import ConfigError
 from edgeseg.postprocess.settings import (
     DEFAULT_CONF_THRESHOLD,
@@ -32,6 +35,7 @@ from edgeseg.postprocess.settings import (
 )
 from edgeseg.sinks.base import SinkOptions
 from edgeseg.sources.base import DEFAULT_MAX_PIXELS, RECONNECT_INITIAL_S, RECONNECT_MAX_S, SourceOptions
+from edgeseg.sources.camera_name import NAME_PATTERN, camera_name
 from edgeseg.strict import StrictModel
 
 #: The configuration format this code reads.
@@ -58,6 +62,11 @@ class SourceConfig(StrictModel):
     """The longest reconnect backoff (reconnect_max_s) must be at least the first (reconnect_initial_s)."""
 
     uri: Optional[str] = Field(None, description="source URI: file, folder, glob, v4l2://, csi://, rtsp://, http://")
+    name: Optional[str] = Field(
+        None, pattern=NAME_PATTERN,
+        description="the camera's name in events and snapshots (letters, digits, _ and -); "
+        "default: derived from the URI (a file's stem, a stream's host, a device node)",
+    )
     loop: bool = Field(False, description="restart a file or folder source when it ends")
     reconnect_initial_s: float = Field(RECONNECT_INITIAL_S, gt=0, le=60, description="first reconnect backoff")
     reconnect_max_s: float = Field(RECONNECT_MAX_S, gt=0, le=3600, description="longest reconnect backoff")
@@ -165,6 +174,30 @@ class Config(StrictModel):
     engines: EnginesConfig = Field(
         default_factory=EnginesConfig, description="installed bundles, signature key, the daemon's pid file"
     )
+    tracker: TrackerConfig = Field(
+        default_factory=TrackerConfig,
+        description="multi-object tracking (ByteTrack-style, mask IoU); on with enabled or run --track",
+    )
+    zones: ZoneList = Field(
+        default_factory=list, description="polygons whose occupancy is decided by the mask (needs the tracker)"
+    )
+    lines: LineList = Field(
+        default_factory=list, description="tripwires crossed by a track's mask centroid, with a direction "
+        "(needs the tracker)",
+    )
+    events: EventsConfig = Field(
+        default_factory=EventsConfig, description="tracked-object events: payload, snapshots, loitering"
+    )
+
+    @model_validator(mode="after")
+    def _zones_need_the_tracker(self) -> Config:
+        if (self.zones or self.lines) and not self.tracker.enabled:
+            raise ValueError("zones and lines need the tracker: set tracker.enabled: true (or run --track)")
+        return self
+
+    def camera_name(self) -> str:
+        """The camera's name: ``source.name``, or one derived from the URI."""
+        return self.source.name or camera_name(self.source.uri or "")
 
     def source_options(self) -> SourceOptions:
         s = self.source

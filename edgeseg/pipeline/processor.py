@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,10 @@ from edgeseg.model import Model, ModelSpec
 from edgeseg.postprocess import Postprocessor
 from edgeseg.preprocess import Preprocessor, Tensor
 from edgeseg.structures import Frame, FrameResult
+
+if TYPE_CHECKING:
+    from edgeseg.analytics.stage import AnalyticsStage
+    from edgeseg.analytics.types import Event
 
 
 def _ms_since(t0: float) -> float:
@@ -63,7 +67,10 @@ class FrameProcessor:
         postprocessor: Postprocessor,
         preprocessor: Preprocessor | None = None,
         inference_workers: int = 1,
+        analytics: Optional[AnalyticsStage] = None,
     ):
+        #: Tracks, zones and events after postprocessing (``--track``), in the output thread.
+        self.analytics = analytics
         #: (model, input size) for the next frame, replaced as a whole so a reader never mixes two.
         self._active: tuple[Model, tuple[int, int]] = (model, model.spec.input_size)
         self.postprocessor = postprocessor
@@ -145,10 +152,19 @@ class FrameProcessor:
         instances = self.postprocessor(candidates, work.letterbox, settings)
         work.latency_ms["postprocess"] = _ms_since(t1)
         work.outputs = ()
-        return FrameResult(
+        result = FrameResult(
             frame=work.frame,
             instances=instances,
             model=spec.name,
             resolution=work.letterbox.input_size,
             latency_ms=work.latency_ms,
         )
+        if self.analytics is not None:
+            t2 = time.perf_counter()
+            result = self.analytics(result)
+            work.latency_ms["analytics"] = _ms_since(t2)
+        return result
+
+    def finish_analytics(self) -> Tuple[Event, ...]:
+        """At the end of a run: the ``end`` of every open event (none without analytics)."""
+        return self.analytics.finish() if self.analytics is not None else ()

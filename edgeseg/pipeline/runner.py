@@ -307,6 +307,23 @@ class Pipeline:
             self.counters.instances += len(result.instances)
             if self.on_result is not None:
                 self.on_result(result)
+        write_end_events(self.processor, self.sinks, self._failed_sinks, self.counters)
+
+
+def write_end_events(processor: FrameProcessor, sinks: Sequence[Sink], failed: set[int], counters: Counters) -> None:
+    """The run is over (source ended, or stopped and drained): the events still open end, once,
+    through every sink that publishes events; a failing sink is counted as for frames."""
+    events = processor.finish_analytics()
+    if not events:
+        return
+    for i, sink in enumerate(sinks):
+        try:
+            sink.write_events(events)
+        except SinkError as exc:  # as write_to_sinks: one sink's failure does not stop the others
+            counters.sink_errors += 1
+            if i not in failed:
+                failed.add(i)
+                log.error("%s (further errors of this sink are counted, not logged)", exc)
 
 
 def run_sequential(
@@ -340,5 +357,6 @@ def run_sequential(
         counters.instances += len(result.instances)
         if on_result is not None:
             on_result(result)
+    write_end_events(processor, sinks, failed, counters)
     counters.finished = time.perf_counter()
     return counters, times

@@ -232,7 +232,7 @@ class Daemon:
             plan = plan_reload(old, new)
             plan.check()
             model = open_model(new)  # the bundle behind model.path may have been re-flashed
-            prepared = self.outputs.prepare(new)
+            prepared = self.outputs.prepare(new, model.spec.class_names)
         except EdgesegError as exc:
             if model is not None:
                 model.close()
@@ -374,10 +374,15 @@ class Daemon:
         try:
             if self._extra_factory is not None:
                 self._extra = self._extra_factory(config)
-            self.outputs.open(config)
+            model = open_model(config)
+            try:
+                self.outputs.open(config, model.spec.class_names)
+            except BaseException:
+                model.close()
+                raise
             if self.outputs.dashboard is not None:
                 log.info("dashboard on %s", self.outputs.dashboard.url)
-            started = self._start(config)
+            started = self._start(config, model)
             interval = watchdog_interval_s()
             log.info("serving: watchdog %s", f"every {interval:.1f} s" if interval else "off (not under systemd)")
             self.notifier.ready(status_line(self.stats()))

@@ -42,7 +42,7 @@ import logging
 import socket
 import threading
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, List, Literal, Optional
@@ -61,22 +61,32 @@ from edgeseg.sources.uri import mask_credentials
 from edgeseg.structures import FrameResult
 
 if TYPE_CHECKING:
+    from edgeseg.analytics.types import Event
     from edgeseg.sinks.mqtt import MqttSink
 
 log = logging.getLogger("edgeseg.serve")
 
-MqttFactory = typing.Callable[[MqttConfig], "MqttSink"]  # evaluated at import: 3.8's form
+ZoneClasses = typing.Mapping[str, typing.Sequence[str]]  # zone name -> the class names it counts
+MqttFactory = typing.Callable[[MqttConfig, ZoneClasses], "MqttSink"]  # evaluated at import: 3.8's form
 """Builds an unstarted publisher for an ``mqtt`` section (``MqttSink(config, start=False)``)."""
 
 DashboardStep = Literal["none", "stop", "retune", "new", "rebind"]
 MqttStep = Literal["none", "keep", "stop", "start", "replace"]
 
 
-def unstarted_mqtt_sink(config: MqttConfig) -> MqttSink:
-    """The default ``MqttFactory``: everything checked and built, no queue opened, not connected."""
+def unstarted_mqtt_sink(config: MqttConfig, zones: ZoneClasses) -> MqttSink:
+    """The default ``MqttFactory``: everything checked and built, no queue opened, not connected.
+    ``zones``: the zone counts it announces to Home Assistant (when discovery is on)."""
     from edgeseg.sinks.mqtt import MqttSink  # paho is imported only where MQTT is configured
 
-    return MqttSink(config, start=False)
+    return MqttSink(config, start=False, zones=zones)
+
+
+def zone_classes(config: Config, class_names: typing.Sequence[str]) -> typing.Dict[str, typing.List[str]]:
+    """zone -> the classes it counts (its filter, or every class of the model), while tracking."""
+    if not config.tracker.enabled:
+        return {}
+    return {z.name: list(z.counted_classes(class_names)) for z in config.zones}
 
 
 class Relay(Sink):
@@ -100,6 +110,12 @@ class Relay(Sink):
             target = self._target
             if target is not None:
                 target.write(result)
+
+    def write_events(self, events: Sequence[Event]) -> None:
+        with self._lock:
+            target = self._target
+            if target is not None:
+                target.write_events(events)
 
     def swap(self, target: Optional[Sink]) -> Optional[Sink]:
         """Point at ``target`` (None: drop); the previous target. Waits for a write in progress."""
@@ -214,9 +230,10 @@ class PersistentOutputs:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def open(self, config: Config) -> None:
-        """Start the outputs ``config`` asks for; one-line ``EdgesegError`` when one cannot start."""
-        self.commit(self.prepare(config))
+    def open(self, config: Config, class_names: typing.Sequence[str] = ()) -> None:
+        """Start the outputs ``config`` asks for; one-line ``EdgesegError`` when one cannot start.
+        ``class_names``: the model's, for the zone counts a zone without a class filter announces."""
+        self.commit(self.prepare(config, class_names))
 
     def close(self) -> None:
         """Stop the dashboard and close the publisher (its queue drained up to drain_timeout_s,
@@ -238,7 +255,7 @@ class PersistentOutputs:
 
     # -- reload, phase one ---------------------------------------------------------------------
 
-    def prepare(self, config: Config) -> PreparedOutputs:
+    def prepare(self, config: Config, class_names: typing.Sequence[str] = ()) -> PreparedOutputs:
         """Check and open everything ``config`` needs, touching nothing that runs.
 
         Raises ``EdgesegError`` (one line naming the field) with everything it opened released:
@@ -251,7 +268,7 @@ class PersistentOutputs:
         prepared = PreparedOutputs(config)
         try:
             self._prepare_dashboard(config.dashboard, prepared)
-            self._prepare_mqtt(config.mqtt, prepared)
+            self._prepare_mqtt(config.mqtt, zone_classes(config, class_names), prepared)
         except BaseException:
             self._release(prepared)
             raise
@@ -298,18 +315,19 @@ class PersistentOutputs:
         where = "" if running is None else f" (was {running.url})"
         p.changes.append(f"dashboard: {'on' if running is None else 'moved to'} {server.url}{where}")
 
-    def _prepare_mqtt(self, new: MqttConfig, p: PreparedOutputs) -> None:
+    def _prepare_mqtt(self, new: MqttConfig, zones: ZoneClasses, p: PreparedOutputs) -> None:
         running = self._mqtt
         if not new.enabled:
             if running is not None:
                 p.mqtt = "stop"
                 p.changes.append(f"mqtt: off (was publishing to {running.broker})")
             return
-        candidate = self._mqtt_factory(new)  # password and TLS files read and checked: SinkError
+        candidate = self._mqtt_factory(new, zones)  # password and TLS files read and checked: SinkError
         try:
             if running is not None:
                 fields = changed_fields(running.config, new, "mqtt.")
-                if not fields and candidate.credentials_digest == running.credentials_digest:
+                same_zones = dict(candidate.zones) == dict(running.zones)  # what discovery announces
+                if not fields and candidate.credentials_digest == running.credentials_digest and same_zones:
                     candidate.close()  # nothing to apply: the same publisher and session go on
                     p.mqtt = "keep"
                     return
@@ -325,7 +343,7 @@ class PersistentOutputs:
             p.changes.append(f"mqtt: publishing to {broker} as {new.device_id}")
         else:
             p.mqtt = "replace"
-            why = ", ".join(fields) if fields else "the password or TLS files"
+            why = ", ".join(fields) if fields else "the password or TLS files, or the zones announced"
             p.changes.append(f"mqtt: reconnecting to {broker} as {new.device_id} (changed: {why})")
 
     # -- reload, phase two ---------------------------------------------------------------------
@@ -339,6 +357,11 @@ class PersistentOutputs:
         self._commit_dashboard(prepared)
         self._commit_mqtt(prepared)
         self._config = prepared.config
+        if self._feed is not None:  # the zones and lines drawn on the stream, as configured now
+            try:
+                self._feed.set_overlay(prepared.config.zones, prepared.config.lines)
+            except ValueError as exc:  # validated with the config: a shape the drawing cannot take
+                log.error("dashboard: %s; zones and lines are not drawn", exc)
         for change in prepared.changes:
             log.info("%s", change)
 

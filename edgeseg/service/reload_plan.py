@@ -1,7 +1,8 @@
 """What a reload changes, and how the running daemon applies each change.
 
 A reload (SIGHUP) re-reads the whole configuration; every field that differs from the running
-one is applied in one of these ways, decided per field in ``FIELDS``:
+one is applied in one of these ways, decided per top-level section in ``SECTIONS`` and per
+field in ``EXCEPTIONS`` (``FIELDS`` is the resulting table over every leaf field):
 
     pipeline   the pipeline is rebuilt from the new config (every reload rebuilds it anyway:
                ``engines activate`` relies on that to load a re-flashed bundle)
@@ -16,9 +17,10 @@ Only ``engines.pid_file`` needs a restart: the daemon holds the lock on that fil
 life (``engines activate`` tells a live daemon from a stale pid by it), and systemd's own unit
 names the file, so moving it under a running process would leave the two disagreeing.
 
-The table covers every leaf field of ``Config`` (a test walks the schema), so a field added to
-the schema without a decision here fails the tests; should one slip through anyway, a change to
-it refuses the reload (the safe side) rather than being silently ignored.
+A field added to an existing section applies as its section does (the publisher, the dashboard
+and the pipeline are each rebuilt from their whole section); a new top-level section needs a
+decision in ``SECTIONS`` (a test walks the schema and fails otherwise); should one slip through
+anyway, a change to it refuses the reload (the safe side) rather than being silently ignored.
 """
 
 from __future__ import annotations
@@ -51,36 +53,46 @@ def _each(section: str, names: str) -> Tuple[str, ...]:
     return tuple(f"{section}.{name}" if section else name for name in names.split())
 
 
-_GROUPS: Final[Tuple[Tuple[Apply, Tuple[str, ...]], ...]] = (
-    (Apply.NOTHING, _each("", "version")),  # always 1: a config of another version is refused when read
-    (Apply.LOGGING, _each("", "log_level") + _each("service", "log_format")),
-    (Apply.PIPELINE, _each("model", "path imgsz device threads precision")),
-    (Apply.PIPELINE, _each("source", "uri loop reconnect_initial_s reconnect_max_s width height fps max_pixels")),
-    (Apply.PIPELINE, _each("postprocess", "conf_threshold nms iou_threshold soft_sigma max_detections multi_label "
-                                          "masks mask_threshold")),
-    (Apply.PIPELINE, _each("postprocess.refine", "open_px close_px min_area")),
-    (Apply.PIPELINE, _each("output", "sinks mask_format video_fps")),
-    (Apply.PIPELINE, _each("pipeline", "inference_priority inference_workers max_frames")),
-    # Read from the running pipeline's config at every tick: the rebuilt pipeline's config holds.
-    (Apply.PIPELINE, _each("service", "stats_interval_s stall_s")),
-    (Apply.PIPELINE, _each("adaptive", "enabled target_fps latency_budget_ms resolutions headroom hysteresis "
-                                       "min_dwell_s min_dwell_frames warmup_frames ewma_alpha retry_backoff_s "
-                                       "effort_levels preload history")),
+#: How a change to each top-level section applies, unless a field says otherwise below. A whole
+#: section is the right unit for most: the pipeline is rebuilt from all of model/source/...,
+#: the MQTT publisher from the whole ``mqtt:`` section, the dashboard from ``dashboard:``.
+SECTIONS: Final[typing.Mapping[str, Apply]] = {
+    "version": Apply.NOTHING,  # always 1: a config of another version is refused when read
+    "log_level": Apply.LOGGING,
+    "model": Apply.PIPELINE,
+    "source": Apply.PIPELINE,
+    "postprocess": Apply.PIPELINE,
+    "output": Apply.PIPELINE,
+    "pipeline": Apply.PIPELINE,
+    # stats_interval_s and stall_s are read from the running generation's config at every tick.
+    "service": Apply.PIPELINE,
+    "mqtt": Apply.MQTT,
+    "dashboard": Apply.DASHBOARD,
+    "adaptive": Apply.PIPELINE,
     # build_on_start is decided again for the model of every reload.
-    (Apply.PIPELINE, _each("engines", "build_on_start build_precisions build_workspace_mib")),
-    (Apply.NOTHING, _each("engines", "root public_key")),
-    (Apply.RESTART, _each("engines", "pid_file")),
-    (Apply.MQTT, _each("mqtt", "uri device_id topic_prefix username password password_file protocol "
-                               "poison_disconnects qos keepalive_s reconnect_min_s reconnect_max_s max_inflight "
-                               "mask_format max_payload_bytes drain_timeout_s")),
-    (Apply.MQTT, _each("mqtt.tls", "ca_file cert_file key_file insecure")),
-    (Apply.MQTT, _each("mqtt.queue", "path max_messages policy synchronous dead_letter_max_bytes")),
-    (Apply.DASHBOARD, _each("dashboard", "enabled host port token token_file stream_fps stream_max_width "
-                                         "jpeg_quality events_hz max_viewers")),
-)
+    "engines": Apply.PIPELINE,
+    # The tracker, zones, lines and events live in the generation's analytics stage: rebuilt
+    # (open events end with reason "stopped", and the new generation starts its own).
+    "tracker": Apply.PIPELINE,
+    "zones": Apply.PIPELINE,
+    "lines": Apply.PIPELINE,
+    "events": Apply.PIPELINE,
+}
 
-FIELDS: Final[typing.Mapping[str, Apply]] = {path: how for how, paths in _GROUPS for path in paths}
-"""Every leaf field of ``Config`` (dotted path) and how a change to it is applied."""
+#: Fields that apply otherwise than their section.
+EXCEPTIONS: Final[typing.Mapping[str, Apply]] = {
+    "service.log_format": Apply.LOGGING,
+    "engines.root": Apply.NOTHING,
+    "engines.public_key": Apply.NOTHING,
+    "engines.pid_file": Apply.RESTART,
+}
+
+
+def _classify(path: str) -> Optional[Apply]:
+    return EXCEPTIONS.get(path) or SECTIONS.get(path.split(".", 1)[0])
+
+
+
 
 
 class RestartNeeded(ConfigError):
@@ -141,9 +153,12 @@ class ReloadPlan:
 
 
 def _submodel(annotation: Any) -> Optional[typing.Type[BaseModel]]:
-    """The model class a field holds (also through Optional[...]), or None for a leaf."""
+    """The model class a field holds (also through Optional[...]), or None for a leaf (a list of
+    models, such as ``zones``, is one leaf: it is compared whole)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if typing.get_origin(annotation) is not typing.Union:
+        return None
     models = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
     return models[0] if len(models) == 1 else None
 
@@ -158,6 +173,13 @@ def leaf_fields(model: typing.Type[BaseModel] = Config, prefix: str = "") -> Tup
         else:
             out.extend(leaf_fields(sub, f"{prefix}{name}."))
     return tuple(out)
+
+
+FIELDS: Final[typing.Mapping[str, Apply]] = {
+    path: how for path in leaf_fields() if (how := _classify(path)) is not None
+}
+"""Every leaf field of ``Config`` (dotted path) and how a change to it is applied. A field of a
+top-level section missing from ``SECTIONS`` is left out, and a change to it refuses the reload."""
 
 
 class _Absent:

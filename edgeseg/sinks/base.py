@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from edgeseg.resources import Closeable
 from edgeseg.structures import FrameResult
+
+if TYPE_CHECKING:
+    from edgeseg.analytics.types import Event
 
 MaskFormat = Literal["rle", "polygon", "none"]
 
@@ -34,6 +38,11 @@ class Sink(Closeable, abc.ABC):
     @abc.abstractmethod
     def write(self, result: FrameResult) -> None:
         """Consume one frame result. Raises ``SinkError`` if it cannot be written."""
+
+    def write_events(self, events: Sequence[Event]) -> None:
+        """Consume events that belong to no frame: the ``end`` of every open event when the run
+        stops (``AnalyticsStage.finish``). Sinks that publish events override it; the others
+        ignore them (their events arrive with each frame's ``result.analytics``)."""
 
     def close(self) -> None:
         """Flush and release. Idempotent; called once the last frame has been written."""

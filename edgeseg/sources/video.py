@@ -3,6 +3,11 @@
 The source reads one frame ahead. That lets a corrupt file fail at open (where the CLI can
 report it) rather than as an empty run, and lets ``exhausted`` turn True together with the last
 frame, so a caller's ``while not source.exhausted`` loop makes no extra empty call.
+
+Timestamps are media time: the moment the file was opened plus the frame's position in it
+(frame index / the file's frame rate), not the moment the frame was decoded. The tracker's lost
+buffer, stationary timers and the events' dwell times then measure the scene, so a clip gives
+the same events whether it is read at 300 FPS on a desktop or 10 FPS on a Jetson.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from edgeseg.sources.uri import mask_credentials
 from edgeseg.structures import Frame, ImageArray
 
 logger = logging.getLogger(__name__)
+
+#: Frame rate of media time for a file whose container gives none (or an absurd one).
+DEFAULT_MEDIA_FPS = 25.0
 
 
 class VideoFileSource(Source):
@@ -49,6 +57,10 @@ class VideoFileSource(Source):
             raise SourceError(f"{self._safe_uri}: expected a decodable video, FFmpeg read no frame")
         count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)) if self._cap is not None else 0
         self._length = count if count > 0 else None
+        rate = float(self._cap.get(cv2.CAP_PROP_FPS)) if self._cap is not None else 0.0
+        #: Frames per second of media time (the file's own rate; 25 when it gives none).
+        self.media_fps = rate if 0 < rate <= 1000 else DEFAULT_MEDIA_FPS
+        self._opened_at = time.time()
 
     def _open(self) -> cv2.VideoCapture:
         cap = cv2.VideoCapture(self._cv_path, cv2.CAP_FFMPEG)
@@ -89,7 +101,8 @@ class VideoFileSource(Source):
         if image is None:
             return None
         self._pending = self._advance()
-        frame = Frame(image=image, frame_id=self._next_id, source=self._safe_uri, timestamp=time.time())
+        timestamp = self._opened_at + self._next_id / self.media_fps  # media time, see the module docstring
+        frame = Frame(image=image, frame_id=self._next_id, source=self._safe_uri, timestamp=timestamp)
         self._next_id += 1
         return frame
 
