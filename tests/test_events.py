@@ -84,11 +84,13 @@ class Driver:
     def step(
         self, *views: TrackView, inside: Optional[Mapping[int, Iterable[str]]] = None,
         crossings: Sequence[Crossing] = (), instances: Optional[Instances] = None,
+        since: Optional[Mapping[Tuple[int, str], float]] = None,
     ) -> Tuple[Event, ...]:
         t = self.t
         views = tuple(TrackView(**{**v.__dict__, "last_seen": t}) for v in views)
         tracks = TrackUpdate(self.frame_id, t, np.zeros((0,), np.int32), views)
-        zones = ZoneUpdate(inside={k: frozenset(v) for k, v in (inside or {}).items()}, crossings=tuple(crossings))
+        zones = ZoneUpdate(inside={k: frozenset(v) for k, v in (inside or {}).items()}, crossings=tuple(crossings),
+                           since=dict(since or {}))
         out = self.manager.update(frame_result(self.frame_id, t, instances), tracks, zones)
         self.frame_id += 1
         self.record(out)
@@ -212,6 +214,20 @@ def test_dwell_sums_two_visits_and_end_closes_the_open_visit() -> None:
     assert door["visits"] == 2 and door["dwell_s"] == pytest.approx(5.2)
     assert door["entered_at"] == pytest.approx(1003.2) and door["left_at"] == pytest.approx(1006.3)
     assert end[0].document["current_zones"] == []
+
+
+def test_zone_times_are_when_the_visit_began_not_when_inertia_reported_it() -> None:
+    """The zones report an enter (or leave) after their inertia frames, with when it began."""
+    d = Driver()
+    d.step(view(1))  # t 1000.0
+    d.run(4, view(1))  # 1000.1 .. 1000.4
+    out = d.step(view(1), inside={1: {"door"}}, since={(1, "door"): 1000.3})  # reported at 1000.5
+    assert kinds(out) == [("update", ("entered_zone",))]
+    assert out[0].document["zones"]["door"]["entered_at"] == pytest.approx(1000.3)
+    d.run(4, view(1), inside={1: {"door"}})  # 1000.6 .. 1000.9
+    out = d.step(view(1), inside={}, since={(1, "door"): 1000.8})  # left, reported at 1001.0
+    door = out[0].document["zones"]["door"]
+    assert door["left_at"] == pytest.approx(1000.8) and door["dwell_s"] == pytest.approx(0.5)
 
 
 def test_entering_already_inside_at_confirmation_is_part_of_new() -> None:

@@ -27,8 +27,8 @@ class TrackView:
     Attributes:
         track_id: unique for the run (per class identities: a track never changes class).
         class_id, class_name: the class it was confirmed with.
-        state: "tentative" (not yet confirmed: never published), "confirmed" (matched this frame
-            or within the lost buffer), "lost" (not matched this frame, kept for re-association),
+        state: "tentative" (not yet confirmed: never published), "confirmed" (matched this
+            frame), "lost" (not matched this frame, kept for re-association within the buffer),
             "removed" (reported once, in the frame it was dropped).
         box: xyxy in original pixels: the matched detection's box, else the Kalman prediction.
         score: the matched detection's score this frame (0.0 when not matched).
@@ -99,8 +99,12 @@ class ZoneUpdate:
         entered: (track id, zone) pairs that entered in this frame.
         left: (track id, zone) pairs that left in this frame (also when the track was removed).
         crossings: the line crossings of this frame.
-        occupancy: zone -> class name -> number of confirmed tracks inside (every zone, every
-            class the zone counts, zeros included, so retained counts go back to 0).
+        occupancy: zone -> class name -> number of tracks inside, confirmed and lost (a lost track
+            counts until it is removed; every zone, every class the zone counts, zeros included,
+            so retained counts go back to 0).
+        since: (track id, zone) -> when each enter or leave reported in this frame really began:
+            the first frame of the streak that inertia waited out, or a removed track's last
+            sighting. Events date ``entered_at`` and ``left_at`` by it, not by the reporting frame.
     """
 
     inside: Mapping[int, FrozenSet[str]] = field(default_factory=dict)
@@ -108,6 +112,7 @@ class ZoneUpdate:
     left: Tuple[Tuple[int, str], ...] = ()
     crossings: Tuple[Crossing, ...] = ()
     occupancy: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    since: Mapping[Tuple[int, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,6 @@ class SnapshotConfig(StrictModel):
     crop_margin_px: int = Field(
         0, ge=0, le=512, description="pixels of the frame kept around the object in the crop (transparent)"
     )
-    publish: bool = Field(
-        False, description="publish each new snapshot's JPEG on MQTT (<prefix>/<device>/snapshots/<class>)"
-    )
 
     def directory(self, camera_dir: str) -> Path:
         """Where this camera's snapshots go: ``<dir>/<camera_dir>``."""

@@ -195,6 +195,13 @@ class Config(StrictModel):
             raise ValueError("zones and lines need the tracker: set tracker.enabled: true (or run --track)")
         return self
 
+    @model_validator(mode="after")
+    def _snapshots_to_publish(self) -> Config:
+        if self.mqtt.publish_snapshots and not (self.tracker.enabled and self.events.snapshots.enabled):
+            raise ValueError("mqtt.publish_snapshots needs snapshots: set tracker.enabled and "
+                             "events.snapshots.enabled")
+        return self
+
     def camera_name(self) -> str:
         """The camera's name: ``source.name``, or one derived from the URI."""
         return self.source.name or camera_name(self.source.uri or "")

@@ -164,6 +164,7 @@ class EventManager:
         self._has_loiter = bool(config.default_loiter_s) or any(self._zones_loiter.values())
         self._open: Dict[int, _Open] = {}
         self._parked: set[int] = set()
+        self._since: Mapping[Tuple[int, str], float] = {}  # this frame's ZoneUpdate.since
         self._min_path_sq = float(config.min_path_px) ** 2
 
     # -- checks and thresholds --------------------------------------------------------------
@@ -210,6 +211,7 @@ class EventManager:
         """The messages of one frame, in track order: ``new``, ``update`` and ``end``."""
         now = float(result.frame.timestamp)
         inside = zones.inside
+        self._since = zones.since  # when this frame's enters and leaves really began (inertia)
         crossings: Dict[int, List[Crossing]] = {}
         for crossing in zones.crossings:
             crossings.setdefault(crossing.track_id, []).append(crossing)
@@ -310,15 +312,16 @@ class EventManager:
             entered = zones_now - event.current
             left = event.current - zones_now
             for zone in sorted(entered):
+                at = self._since.get((event.track_id, zone), now)
                 visit = event.zones.get(zone)
                 if visit is None:
-                    event.zones[zone] = _Visit(entered_at=now)
+                    event.zones[zone] = _Visit(entered_at=at)
                 else:
-                    visit.entered_at, visit.left_at = now, None
+                    visit.entered_at, visit.left_at = at, None
                     visit.visits += 1
                     visit.loitering = False
             for zone in left:
-                self._leave(event.zones[zone], now)
+                self._leave(event.zones[zone], self._since.get((event.track_id, zone), now))
             event.current = frozenset(zones_now)
             if entered:
                 reasons.append("entered_zone")
@@ -428,8 +431,8 @@ class EventManager:
         visit.left_at = now
 
     def _close_zones(self, event: _Open, now: float) -> None:
-        for zone in event.current:
-            self._leave(event.zones[zone], now)
+        for zone in event.current:  # a removed track left at its last sighting (``ZoneUpdate.since``)
+            self._leave(event.zones[zone], self._since.get((event.track_id, zone), now))
         event.current = _NO_ZONES
 
     def _end(self, event: _Open, now: float, why: str) -> Event:

@@ -16,7 +16,7 @@ With tracking on (``result.analytics``), through the same queue:
 
 - ``P/events``: each event message (``Event.document``, schema ``edgeseg/schemas/event.v1.json``)
   as JSON, QoS ``max(1, qos)``, not retained. Consumers de-duplicate a re-sent one by
-  (``event_id``, ``type``, the document's own sequence or time fields).
+  (``event_id``, ``type``, ``time``).
 - ``P/events/<event_id>/snapshot``: the event's JPEG when it carries one and ``publish_snapshots``
   is on (QoS ``max(1, qos)``, not retained); a JPEG larger than the payload room is skipped and
   counted (``snapshots_skipped``), never degraded.
@@ -648,6 +648,9 @@ class MqttSink(Sink):
         self._started = False
         self._closed = False
         self._holding = False  # the feeder sends nothing new (a handover is coming)
+        # Held by the feeder while it checks _holding and hands messages to paho, and by hold():
+        # once hold() has set _holding, no top-up is half done, so what is in flight is known.
+        self._send_lock = threading.Lock()
         self._full = False
         self._sent = self._degraded = self._refused = self._stats_published = 0
         self._oversize = self._poisoned = 0
@@ -844,7 +847,8 @@ class MqttSink(Sink):
         is deleted now rather than sent again by the next publisher (a duplicate). True when
         nothing is left in flight.
         """
-        self._holding = True
+        with self._send_lock:  # a top-up in progress finishes first: its messages count as in flight
+            self._holding = True
         if not self._started or self._closed:
             return True
         deadline = time.monotonic() + timeout
@@ -1004,8 +1008,9 @@ class MqttSink(Sink):
                     return
                 # The client's own flag too: between a lost connection and its DOWN event here,
                 # messages handed to paho would only be dropped at the reconnect and sent again.
-                if connected and not self._holding and self._publisher.connected:
-                    self._top_up()
+                with self._send_lock:
+                    if connected and not self._holding and self._publisher.connected:
+                        self._top_up()
             except SinkError as exc:  # the queue file failed (disk full, removed): say so once, retry
                 if str(exc) not in self._feeder_errors:
                     self._feeder_errors.add(str(exc))

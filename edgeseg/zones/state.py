@@ -223,7 +223,8 @@ class ZoneTracker:
                 if cls in counts:
                     counts[cls] += 1
         return ZoneUpdate(
-            inside=inside, entered=tuple(entered), left=tuple(left), crossings=tuple(crossings), occupancy=occupancy
+            inside=inside, entered=tuple(entered), left=tuple(left), crossings=tuple(crossings), occupancy=occupancy,
+            since=dict(self._transition_times),
         )
 
     def _observe_zones(

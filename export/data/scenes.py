@@ -7,7 +7,7 @@ so that their truth is known exactly:
 
 - ``crossings``: six shapes enter and leave the frame, cross each other's paths (one paints over
   the other: occlusion), stop for a while (stationary), cross the tripwire ``gate`` in both
-  directions (three "in", three "out") and enter and leave the zone ``lot``.
+  directions (three "in", four "out") and enter and leave the zone ``lot``.
 - ``anchors``: a zone ``band`` across the lower part of the image, under tall shapes whose box
   anchor (the bottom centre of the box, what NVRs test against their zones) falls in the band
   while the shape mostly is not: an upright star (its anchor lies between its two lower tips, off
