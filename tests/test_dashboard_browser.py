@@ -28,15 +28,8 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import MODEL_DYNAMIC, VAL_IMAGES, copy_images
-from dashboard_controls import RecordingControls
+from dashboard_controls import RecordingControls, chromium_missing, start_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1440,1000",
-)
 IMAGES = 6
 IMGSZ = 320
 NEW_CONF = 0.8
@@ -47,12 +40,9 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
 def _missing() -> str | None:
-    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        return "needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "needs selenium (pip install selenium)"
+    browser = chromium_missing()
+    if browser is not None:
+        return browser
     for path in (MODEL_DYNAMIC, VAL_IMAGES):
         if not path.exists():
             return f"real test material missing: {path} (expected ../shared/realdata)"
@@ -63,8 +53,6 @@ if (_reason := _missing()) is not None:
     pytest.skip(_reason, allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402 - only once we know it is there
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from edgeseg.app import build_processor  # noqa: E402
@@ -125,14 +113,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never try to download anything
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
     driver.set_page_load_timeout(WAIT_S)
     yield driver
     driver.quit()
