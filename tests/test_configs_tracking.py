@@ -47,7 +47,7 @@ def test_zones_and_lines_fit_the_demo_model_and_the_scene_frame(config: Config) 
 
 
 def test_zones_and_lines_are_the_crossings_truth(config: Config) -> None:
-    scenes = pytest.importorskip("export.data.scenes")  # the export stage: Python 3.11+
+    scenes = pytest.importorskip("export.data.scenes", exc_type=ImportError)  # the export stage: Python 3.11+
     height, width = FRAME_SIZE
     script = scenes.SCENES["crossings"]
     zones = {name: scenes.to_pixels(points, width, height) for name, points in script.zones}
@@ -79,7 +79,7 @@ def _run_on_truth(config: Config, truth_path: Path) -> Tuple[List[Dict[str, Any]
 
 
 def test_the_example_finds_the_scene_events_on_the_truth_masks(config: Config, tmp_path: Path) -> None:
-    scenes = pytest.importorskip("export.data.scenes")
+    scenes = pytest.importorskip("export.data.scenes", exc_type=ImportError)
     scene = scenes.write_tracking_scene("crossings", tmp_path / "crossings.mp4")
     documents, truth = _run_on_truth(config, scene.annotations)
 
