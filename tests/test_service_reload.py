@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import http.client
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, List
 
 import pytest
 from mosquitto import MISSING_REASON, MOSQUITTO, Mosquitto, Subscriber, free_port, synthetic_result
@@ -466,3 +467,37 @@ def test_closed_outputs_release_the_queue_file(tmp_path: Path) -> None:
         assert queue.depth == 3  # kept on disk for the next start
     finally:
         queue.close()
+
+
+@needs_broker
+def test_a_publisher_handover_with_home_assistant_discovery_keeps_its_network_thread_alive(
+        broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new publisher connects after a reload that changed the zones it announces. Its discovery
+    configs once went out inside paho's CONNACK handling, whose resend loop then saw its message
+    dict change size: paho's network thread died (about 2 runs in 3), and nothing was sent again."""
+    died: List[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+
+    def config(*zones: str) -> Config:
+        return _config(
+            mqtt={"uri": broker.uri, "device_id": "cam1", "reconnect_min_s": 1, "reconnect_max_s": 1,
+                  "queue": {"path": str(tmp_path / "queue.db")}, "homeassistant": {"enabled": True}},
+            tracker={"enabled": True},
+            zones=[{"name": z, "points": [[0, 0], [10, 0], [10, 10]], "classes": ["person"]} for z in zones],
+        )
+
+    subscriber = Subscriber(broker.uri, ("edgeseg/#",), client_id="reload-ha", clean=True)
+    try:
+        for _ in range(3):  # each round has had about a 2 in 3 chance to hit the race
+            died.clear()
+            with _outputs(config("door", "yard")) as outputs:
+                first = outputs.mqtt
+                assert first is not None and first.wait_connected(BUDGET_S)
+                outputs.commit(outputs.prepare(config("door"), ("person",)))
+                second = outputs.mqtt
+                assert second is not None and second is not first and second.wait_connected(BUDGET_S)
+                _publish(outputs, range(0, 5))
+                assert second.wait_drained(BUDGET_S), "the new publisher sends"
+            assert died == []
+    finally:
+        subscriber.close()

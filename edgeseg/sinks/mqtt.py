@@ -473,8 +473,10 @@ class MqttPublisher:
         drop_out_messages(client)  # the disk queue re-sends them, in order
         client.publish(self.available_topic, ONLINE, qos=AVAILABILITY_QOS, retain=True)
         if self.ha_status_topic is not None:
+            # The configs themselves are sent by the feeder on this UP (``announce``), not here:
+            # publishing them inside paho's CONNACK handling let its resend loop over
+            # _out_messages see the dict change size, killing its network thread.
             client.subscribe(self.ha_status_topic, qos=DISCOVERY_QOS)
-            self._publish_discovery(client)
         self._connected.set()
         self._set_state(ConnectionState.CONNECTED, logging.INFO, "mqtt: connected to %s as %s",
                         self.broker, self.client_id)
@@ -522,6 +524,11 @@ class MqttPublisher:
         broker that lost its retained messages forgot the configs; send them again."""
         if bytes(message.payload).strip() == ONLINE:
             self._publish_discovery(client)
+
+    def announce(self) -> None:
+        """Send the Home Assistant discovery configs (the feeder, on every connect)."""
+        if self.ha_status_topic is not None:
+            self._publish_discovery(self._client)
 
     def _publish_discovery(self, client: mqtt.Client) -> None:
         """Every discovery config, retained, QoS 1, straight to paho (their acks match no queued row)."""
@@ -1030,6 +1037,8 @@ class MqttSink(Sink):
                 self.queue.requeue_inflight()
                 self._sent_at.clear()
                 connected = event.kind is _Kind.UP
+                if connected:
+                    self._publisher.announce()
             elif event.kind is _Kind.STOP:
                 self.queue.ack(acks)
                 return connected, True
