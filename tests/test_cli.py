@@ -163,10 +163,15 @@ def test_eval_scores_a_subset(model_640: Path, val_images: Path, val_annotations
     [
         (["--annotations", "/nonexistent.json"], "annotations file not found"),
         (["--images", "/nonexistent"], "images folder not found"),
+        (["--annotations", "{tmp}/list.json"], "expected a COCO instances file (a JSON object), found list"),
+        (["--annotations", "{tmp}/no-images.json"], "field 'images': expected a list"),
     ],
 )
 def test_eval_bad_input(demo_model: Path, three_images: Path, tmp_path: Path, args: list[str], expected: str) -> None:
     base = {"--images": str(three_images), "--annotations": str(_demo_annotations(three_images, tmp_path))}
+    (tmp_path / "list.json").write_text("[]")
+    (tmp_path / "no-images.json").write_text('{"annotations": [], "categories": []}')
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     base.update(dict(zip(args[::2], args[1::2])))
     flat = [x for kv in base.items() for x in kv]
     out = tmp_path / "r.json"

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 from edgeseg.analytics.types import Analytics, Event
 from edgeseg.config.events import EventsConfig
 from edgeseg.config.tracker import TrackerConfig
-from edgeseg.config.zones import LineConfig, ZoneConfig, check_against, check_classes
+from edgeseg.config.zones import LineConfig, ZoneConfig, check_against
 from edgeseg.errors import ConfigError
 from edgeseg.events.lifecycle import EventManager
 from edgeseg.structures import FrameResult
@@ -53,7 +53,7 @@ class AnalyticsStage:
         zones, lines: the ``zones:`` and ``lines:`` sections.
         events: the ``events:`` section.
         camera: the camera's name (events and snapshots carry it).
-        class_names: the model's classes (zone and line filters are checked against them here).
+        class_names: the model's classes (the zones refuse a filter naming another one).
     """
 
     def __init__(
@@ -65,7 +65,6 @@ class AnalyticsStage:
         camera: str,
         class_names: Sequence[str],
     ):
-        check_classes(zones, lines, class_names)
         self.camera = camera
         self.class_names = tuple(class_names)
         self._zone_configs: Tuple[ZoneConfig, ...] = tuple(zones)

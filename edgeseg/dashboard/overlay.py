@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeseg.analytics.types import Analytics
-from edgeseg.sinks.annotate import _draw_label, _hex_to_bgr, class_color
+from edgeseg.sinks.annotate import class_color, draw_label, hex_to_bgr
 from edgeseg.structures import ImageArray, Instances
 
 OVERLAY_PALETTE_HEX: Final = (
@@ -41,7 +41,7 @@ OVERLAY_PALETTE_HEX: Final = (
 )  # fmt: skip
 """Colours of zones and lines, in the order given (zones first, then lines): bright, so that
 they stand out from the class palette's tints."""
-OVERLAY_PALETTE_BGR: Final = tuple(_hex_to_bgr(c) for c in OVERLAY_PALETTE_HEX)
+OVERLAY_PALETTE_BGR: Final = tuple(hex_to_bgr(c) for c in OVERLAY_PALETTE_HEX)
 ZONE_FILL_ALPHA: Final = 0.2
 OUTLINE_THICKNESS: Final = 2
 TRAIL_THICKNESS: Final = 2
@@ -210,11 +210,11 @@ class Overlay:
         self._draw_trails(canvas, analytics, (width / frame_size[1], height / frame_size[0]))
         occupancy = analytics.zones.occupancy
         for zone in zones:
-            _draw_label(canvas, zone_label(zone.name, occupancy.get(zone.name)), *zone.anchor, zone.color)
+            draw_label(canvas, zone_label(zone.name, occupancy.get(zone.name)), *zone.anchor, zone.color)
         counts = line_counts or {}
         for line in lines:
             went_in, went_out = counts.get(line.name, (0, 0))
-            _draw_label(canvas, f"{line.name} in {went_in} out {went_out}", *line.anchor, line.color)
+            draw_label(canvas, f"{line.name} in {went_in} out {went_out}", *line.anchor, line.color)
 
     def _draw_trails(self, canvas: ImageArray, analytics: Analytics, scale: Tuple[float, float]) -> None:
         """Each track's recent centroids, in its class colour, ending in a dot; one OpenCV call
@@ -250,7 +250,7 @@ class Overlay:
             class_id = int(instances.class_ids[i])
             x0, y0 = (int(round(float(v))) for v in instances.boxes[i, :2])
             text = f"{names[i]} {float(instances.scores[i]):.2f}"
-            _draw_label(canvas, f"#{track_id} {text}" if track_id >= 0 else text, x0, y0, class_color(class_id))
+            draw_label(canvas, f"#{track_id} {text}" if track_id >= 0 else text, x0, y0, class_color(class_id))
 
 def zone_label(name: str, counts: Optional[Mapping[str, int]]) -> str:
     """``entrance: person 2, car 1`` (classes inside, most numerous first), ``entrance: 0`` when

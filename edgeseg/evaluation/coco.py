@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,11 @@ from typing import Any
 from edgeseg.app import build_pipeline, build_processor, open_model
 from edgeseg.config import Config
 from edgeseg.errors import EvalError
+from edgeseg.evaluation.coco_json import read_coco_json
 from edgeseg.model import Model
 from edgeseg.progress import progress_bar
 from edgeseg.sinks.coco import CocoResultsSink
-from edgeseg.sources.fsnames import is_dir_or_raise, is_file_or_false, is_file_or_raise, printable_name
+from edgeseg.sources.fsnames import is_dir_or_raise, is_file_or_false, printable_name
 from edgeseg.sources.images import ImageSource
 
 log = logging.getLogger(__name__)
@@ -65,15 +65,7 @@ def _normalise(name: str) -> str:
 def _load_annotations(path: Path) -> Any:
     from pycocotools.coco import COCO
 
-    if not is_file_or_raise(path, EvalError, "annotations file"):
-        raise EvalError(f"annotations file not found: {printable_name(str(path))}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EvalError(f"annotations {path}: not readable JSON ({exc})") from None
-    missing = [k for k in ("images", "annotations", "categories") if not isinstance(doc.get(k), list)]
-    if missing:
-        raise EvalError(f"annotations {path}: not a COCO instances file (no list {', '.join(missing)})")
+    doc = read_coco_json(path, "annotations")
     gt = COCO()
     gt.dataset = doc
     with contextlib.redirect_stdout(io.StringIO()):

@@ -11,7 +11,6 @@ file and the field (``truth t.json: field 'annotations.3.track_id': missing ...`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
@@ -21,7 +20,8 @@ from pydantic import ValidationError
 from edgeseg.config.errors import describe_validation_error
 from edgeseg.config.zones import LineConfig, ZoneConfig
 from edgeseg.errors import EvalError
-from edgeseg.sources.fsnames import is_file_or_raise, printable_name
+from edgeseg.evaluation.coco_json import read_coco_json
+from edgeseg.sources.fsnames import printable_name
 
 #: Frame rate assumed when the truth's ``info`` does not say (only times in seconds depend on it).
 DEFAULT_FPS = 15.0
@@ -79,17 +79,7 @@ def load_truth(path: str | Path) -> Truth:
     """Read and check a truth file; raise a one-line ``EvalError`` naming the file and the field."""
     path = Path(path)
     where = f"truth {printable_name(str(path))}"
-    if not is_file_or_raise(path, EvalError, "truth file"):
-        raise EvalError(f"truth file not found: {printable_name(str(path))}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EvalError(f"{where}: not readable JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise EvalError(f"{where}: expected a COCO json object, found {type(doc).__name__}")
-    missing = [k for k in ("images", "annotations", "categories") if not isinstance(doc.get(k), list)]
-    if missing:
-        raise EvalError(f"{where}: field '{missing[0]}': expected a list (a COCO instances file with track ids)")
+    doc = read_coco_json(path, "truth", "a COCO instances file with track ids")
 
     class_names: Dict[int, str] = {}
     for i, cat in enumerate(doc["categories"]):

@@ -33,12 +33,13 @@ BLACK = (0, 0, 0)
 WHITE = (255, 255, 255)
 
 
-def _hex_to_bgr(code: str) -> tuple[int, int, int]:
+def hex_to_bgr(code: str) -> tuple[int, int, int]:
+    """``#RRGGBB`` as OpenCV's (blue, green, red)."""
     value = int(code.lstrip("#"), 16)
     return value & 0xFF, (value >> 8) & 0xFF, (value >> 16) & 0xFF
 
 
-PALETTE_BGR: tuple[tuple[int, int, int], ...] = tuple(_hex_to_bgr(c) for c in PALETTE_HEX)
+PALETTE_BGR: tuple[tuple[int, int, int], ...] = tuple(hex_to_bgr(c) for c in PALETTE_HEX)
 
 
 def class_color(class_id: int) -> tuple[int, int, int]:
@@ -73,7 +74,7 @@ def _blend_mask(
     cv2.copyTo(tinted, inside.view(np.uint8), roi)
 
 
-def _draw_label(canvas: ImageArray, text: str, x0: int, y0: int, color: tuple[int, int, int]) -> None:
+def draw_label(canvas: ImageArray, text: str, x0: int, y0: int, color: tuple[int, int, int]) -> None:
     """A filled label above the box's top-left corner, or just inside it at the image top."""
     (text_w, text_h), baseline = cv2.getTextSize(text, FONT, FONT_SCALE, FONT_THICKNESS)
     label_h = text_h + baseline + 2 * LABEL_PADDING
@@ -101,5 +102,5 @@ def annotate(image: ImageArray, instances: Instances, *, alpha: float = DEFAULT_
     for i, color in enumerate(colors):
         x0, y0, x1, y1 = (int(round(float(v))) for v in instances.boxes[i])
         cv2.rectangle(canvas, (x0, y0), (x1, y1), color, BOX_THICKNESS)
-        _draw_label(canvas, f"{names[i]} {float(instances.scores[i]):.2f}", x0, y0, color)
+        draw_label(canvas, f"{names[i]} {float(instances.scores[i]):.2f}", x0, y0, color)
     return canvas
