@@ -62,9 +62,12 @@ def _run(tmp_path: Path, *args: str) -> str:
     (tmp_path / "conftest.py").write_text((TESTS / "conftest.py").read_text(encoding="utf-8"), encoding="utf-8")
     (tmp_path / "test_probe.py").write_text(SUITE, encoding="utf-8")
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    realdata: needs real material\n")
-    env = {**os.environ, "EDGESEG_REALDATA": str(tmp_path / "nonexistent")}
+    # Only skip reasons in the summary (-rs): a failure's message then appears once, in its own
+    # section, whatever the terminal width (a wide terminal prints it whole in a -rA summary too).
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "COLUMNS")}
+    env.update(EDGESEG_REALDATA=str(tmp_path / "nonexistent"), COLUMNS="200")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "--strict-markers", *args],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "--strict-markers", *args],
         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120,
     )
     return proc.stdout + proc.stderr
