@@ -12,19 +12,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from edgeseg.config import Config
+from edgeseg.config.cameras import CameraSpec
 from edgeseg.errors import ConfigError
 from edgeseg.model import LoadOptions, Model
-from edgeseg.pipeline.processor import FrameProcessor
+from edgeseg.pipeline.cameras import CameraLane
+from edgeseg.pipeline.processor import CameraSetup, FrameProcessor
 from edgeseg.pipeline.runner import Pipeline, ResultCallback
 from edgeseg.postprocess import Postprocessor
+from edgeseg.preprocess import Preprocessor
 from edgeseg.sinks import create_sink
 from edgeseg.sinks.base import Sink
 from edgeseg.sources import open_source
 from edgeseg.sources.base import Source
+from edgeseg.sources.fsnames import printable_name
 from edgeseg.sources.uri import mask_credentials
 
 if TYPE_CHECKING:
@@ -34,55 +38,165 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class OpenedCamera:
+    """One camera of a run, opened: what a pipeline needs to serve it (``camera_lane``)."""
+
+    spec: CameraSpec
+    setup: CameraSetup
+    source: Source
+    sinks: List[Sink]
+
+    def reopen(self) -> Source:
+        """The camera's source opened again (the watchdog restarts a stuck capture with it)."""
+        return open_source(self.spec.uri, self.spec.source)
+
+    def close(self) -> None:
+        """Close what ``open_camera`` opened (a camera that never joined a runtime)."""
+        self.source.close()
+        for sink in self.sinks:
+            sink.close()
+
+
+@dataclass
 class Runtime:
-    """The opened parts of one run; ``close`` releases them in reverse order."""
+    """The opened parts of one run; ``close`` releases them in reverse order.
+
+    ``sinks`` are the shared outputs (``output.sinks`` and the caller's extra ones); each camera
+    has its own source and its own sinks.
+    """
 
     model: Model
     processor: FrameProcessor
-    source: Source
+    cameras: List[OpenedCamera]
     sinks: list[Sink]
     _stack: ExitStack
+    #: Models of cameras that pin their own size, per size (closed with the runtime).
+    fixed: Dict[int, Model] = field(default_factory=dict)
+
+    @property
+    def source(self) -> Source:
+        """The first camera's source (a single-source run's only one)."""
+        return self.cameras[0].source
+
+    def add_camera(self, camera: OpenedCamera) -> None:
+        """Own a camera opened later (a reload that adds one): closed with the rest."""
+        self.cameras.append(camera)
+        self._stack.callback(camera.source.close)
+        for sink in camera.sinks:
+            self._stack.callback(sink.close)
+
+    def drop_camera(self, name: str) -> None:
+        """Forget a removed camera (the pipeline closed its source and sinks)."""
+        self.cameras = [c for c in self.cameras if c.spec.name != name]
 
     def close(self) -> None:
         self._stack.close()
 
 
-def build_analytics(config: Config, model: Model) -> AnalyticsStage | None:
-    """Tracker, zones, lines and events when ``tracker.enabled``; None otherwise."""
+def build_analytics(config: Config, model: Model, spec: Optional[CameraSpec] = None) -> AnalyticsStage | None:
+    """Tracker, zones, lines and events of one camera when ``tracker.enabled``; None otherwise."""
     if not config.tracker.enabled:
         return None
     from edgeseg.analytics.stage import AnalyticsStage  # scipy and the trackers: only when asked for
 
-    return AnalyticsStage(config.tracker, config.zones, config.lines, config.events, config.camera_name(),
+    if spec is None:
+        return AnalyticsStage(config.tracker, config.zones, config.lines, config.events, config.camera_name(),
+                              model.spec.class_names)
+    return AnalyticsStage(config.tracker, list(spec.zones), list(spec.lines), config.events, spec.name,
                           model.spec.class_names)
 
 
-def build_processor(config: Config, model: Model) -> FrameProcessor:
-    """The per-frame work for ``model`` with the configured postprocessing (and analytics)."""
+def build_processor(config: Config, model: Model, analytics: bool = True) -> FrameProcessor:
+    """The per-frame work for ``model`` with the configured postprocessing (and, for a
+    single-source pipeline built from it directly, the analytics of ``source:``)."""
     return FrameProcessor(
         model,
         Postprocessor(config.postprocess.settings(), model.spec.class_names),
         inference_workers=config.pipeline.inference_workers,
-        analytics=build_analytics(config, model),
+        analytics=build_analytics(config, model) if analytics else None,
     )
+
+
+def _close_models(models: Dict[int, Model], keep: Model) -> None:
+    for m in models.values():
+        if m is not keep:
+            m.close()
+
+
+def pipeline_options(config: Config) -> Dict[str, Any]:
+    """The ``Pipeline`` arguments the ``pipeline:`` section sets."""
+    p = config.pipeline
+    return {"max_frames": p.max_frames, "inference_priority": p.inference_priority,
+            "inference_workers": p.inference_workers, "batch": p.batch, "gather_ms": p.gather_ms}
+
+
+def camera_lane(camera: OpenedCamera) -> CameraLane:
+    """A pipeline's lane for an opened camera (new buffers and counters each time)."""
+    return CameraLane(camera.setup, camera.source, uri=printable_name(mask_credentials(camera.spec.uri)),
+                      reopen=camera.reopen, sinks=list(camera.sinks))
 
 
 def build_pipeline(
     config: Config,
-    source: Source,
-    processor: FrameProcessor,
-    sinks: Sequence[Sink],
+    runtime: Runtime,
+    sinks: Optional[Sequence[Sink]] = None,
     on_result: ResultCallback | None = None,
 ) -> Pipeline:
-    """The threaded pipeline with the configured frame limit, priorities and workers."""
-    p = config.pipeline
+    """The threaded pipeline over every camera of ``runtime``, with the configured frame limit,
+    priorities, workers and batching; ``sinks``: the shared outputs (default the runtime's)."""
     return Pipeline(
-        source, processor, sinks,
-        max_frames=p.max_frames,
-        inference_priority=p.inference_priority,
-        on_result=on_result,
-        inference_workers=p.inference_workers,
+        None, runtime.processor, runtime.sinks if sinks is None else sinks,
+        on_result=on_result, cameras=[camera_lane(c) for c in runtime.cameras], **pipeline_options(config),
     )
+
+
+def check_batch(config: Config, model: Model) -> None:
+    """``pipeline.batch`` must fit the engine's batch profile (a batch-1 engine takes any: it
+    serves the cameras one frame at a time)."""
+    cap = model.spec.max_batch
+    if cap is not None and 1 < cap < config.pipeline.batch:
+        raise ConfigError(f"field 'pipeline.batch': {config.pipeline.batch} is larger than the batch profile "
+                          f"of model {model.spec.name} (at most {cap} frames per call); lower it or export "
+                          f"the model with --batch {config.pipeline.batch}")
+    if cap == 1 and config.pipeline.batch > 1:
+        log.info("model %s takes one frame per call: pipeline.batch %d runs as frames one by one",
+                 model.spec.name, config.pipeline.batch)
+
+
+def open_camera(config: Config, spec: CameraSpec, model: Model, append: bool = False,
+                fixed: Optional[Dict[int, Model]] = None) -> OpenedCamera:
+    """Open one camera of ``config``: its source, its own sinks, its analytics and tensor pool.
+
+    ``fixed``: models already loaded per pinned size (``imgsz``), shared between cameras and
+    filled here as needed; the caller closes them.
+    """
+    with ExitStack() as stack:
+        pinned: Optional[Model] = None
+        if spec.imgsz is not None:
+            pool = fixed if fixed is not None else {}
+            if spec.imgsz not in pool:
+                if max(model.spec.input_size) == spec.imgsz:
+                    pool[spec.imgsz] = model
+                else:
+                    pool[spec.imgsz] = load_options(config).load(config.model.path or "", imgsz=spec.imgsz)
+            pinned = pool[spec.imgsz]
+        source = open_source(spec.uri, spec.source)
+        stack.callback(source.close)
+        sinks: list[Sink] = []
+        for text in spec.sinks:
+            sink = create_sink(text, config.sink_options(append=append))
+            stack.callback(sink.close)
+            sinks.append(sink)
+        setup = CameraSetup(
+            spec.name,
+            Preprocessor(model.spec.normalization, pool_size=3 + config.pipeline.inference_workers),
+            model=pinned,
+            overrides=dict(spec.postprocess),
+            analytics=build_analytics(config, model, spec),
+        )
+        stack.pop_all()
+        return OpenedCamera(spec, setup, source, sinks)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def load_options(config: Config, spin: bool = False) -> LoadOptions:
@@ -116,26 +230,36 @@ def build_runtime(
     with ExitStack() as stack:
         if model is not None:
             stack.callback(model.close)
-        if not config.source.uri:
+        specs = config.camera_specs()
+        if not any(spec.uri for spec in specs):
             raise ConfigError("field 'source.uri': required (give --source or set it in the config)")
         if model is None:
             model = open_model(config, spin=spin)
             stack.callback(model.close)
-        source = open_source(config.source.uri, config.source_options())
-        stack.callback(source.close)
+        check_batch(config, model)
+        fixed: Dict[int, Model] = {}
+        stack.callback(_close_models, fixed, model)
+        cameras: List[OpenedCamera] = []
+        for spec in specs:
+            camera = open_camera(config, spec, model, append=append, fixed=fixed)
+            stack.callback(camera.source.close)
+            for sink in camera.sinks:
+                stack.callback(sink.close)
+            cameras.append(camera)
         sinks: list[Sink] = []
-        for spec in config.output.sinks:
-            sink = create_sink(spec, config.sink_options(append=append))
+        for text in config.output.sinks:
+            sink = create_sink(text, config.sink_options(append=append))
             stack.callback(sink.close)
             sinks.append(sink)
         for sink in extra_sinks:
             stack.callback(sink.close)
             sinks.append(sink)
-        processor = build_processor(config, model)
+        processor = build_processor(config, model, analytics=False)
         log.info(
-            "model %s (%s, %dx%d, %d classes) on %s; source %s",
+            "model %s (%s, %dx%d, %d classes) on %s; %s",
             model.spec.name, model.spec.family, model.spec.input_size[1], model.spec.input_size[0],
-            model.spec.num_classes, model.backend.info.provider, mask_credentials(config.source.uri),
+            model.spec.num_classes, model.backend.info.provider,
+            "; ".join(f"camera {c.spec.name}: {printable_name(mask_credentials(c.spec.uri))}" for c in cameras),
         )
-        return Runtime(model, processor, source, sinks, stack.pop_all())
+        return Runtime(model, processor, cameras, sinks, stack.pop_all(), fixed)
     raise AssertionError("unreachable")  # pragma: no cover

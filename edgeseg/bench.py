@@ -160,7 +160,7 @@ def _fmt(v: float | None) -> str:
 
 def _warm_up(runtime: Runtime, frames: int) -> None:
     if frames > 0:
-        run_sequential(runtime.source, runtime.processor, max_frames=frames)
+        run_sequential(runtime.source, runtime.processor, max_frames=frames, camera=runtime.cameras[0].setup)
 
 
 def run_bench(config: Config, frames: int, warmup: int = 5, sequential: bool = True) -> BenchReport:
@@ -176,7 +176,7 @@ def run_bench(config: Config, frames: int, warmup: int = 5, sequential: bool = T
                 bar.update(1)
 
             limited = config.model_copy(update={"pipeline": config.pipeline.model_copy(update={"max_frames": frames})})
-            pipeline = build_pipeline(limited, runtime.source, runtime.processor, runtime.sinks, on_result)
+            pipeline = build_pipeline(limited, runtime, on_result=on_result)
             counters = pipeline.run()
         rss_end = _rss_mb()
         seq_fps: float | None = None
@@ -190,7 +190,8 @@ def run_bench(config: Config, frames: int, warmup: int = 5, sequential: bool = T
                     bar.update(1)
 
                 t0 = time.perf_counter()
-                seq, _ = run_sequential(fresh, runtime.processor, runtime.sinks, frames, on_seq)
+                seq, _ = run_sequential(fresh, runtime.processor, runtime.sinks, frames, on_seq,
+                                        camera=runtime.cameras[0].setup)
                 seq_fps = seq.processed / (time.perf_counter() - t0)
             seq_stages = seq_recorder.stages()
         spec = runtime.model.spec

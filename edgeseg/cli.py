@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 
 from pydantic import BaseModel
 
@@ -25,8 +25,11 @@ from edgeseg import __version__
 from edgeseg.config import Config, load_config
 from edgeseg.config.command import add_config_parser
 from edgeseg.config.schema import ModelConfig, PipelineConfig, PostprocessConfig
-from edgeseg.errors import EdgesegError, ExportError
+from edgeseg.errors import ConfigError, EdgesegError, ExportError
 from edgeseg.sources.uri import mask_credentials
+
+if TYPE_CHECKING:
+    from edgeseg.app import Runtime
 
 log = logging.getLogger("edgeseg")
 
@@ -104,13 +107,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"edgeseg: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
-def _add_common(p: argparse.ArgumentParser, *, source: bool = True) -> None:
+def _add_common(p: argparse.ArgumentParser, *, source: bool = True, cameras: bool = False) -> None:
+    """The flags of every pipeline command; ``cameras``: --source repeatable, ``NAME=URI`` naming it."""
     p.add_argument("--config", metavar="FILE", help="YAML configuration (flags override it)")
     p.add_argument("--model", metavar="M", help="ONNX model (or engine bundle directory)")
     if source:
         from edgeseg.sources import describe_sources
 
-        p.add_argument("--source", metavar="URI", help="frame source:\n" + describe_sources())
+        if cameras:
+            p.add_argument("--source", action="append", metavar="[NAME=]URI",
+                           help="frame source, repeatable: several are served as cameras in one process\n"
+                                "(they replace the config's source.uri or cameras:). NAME= names the camera\n"
+                                "(letters, digits, _ and -; default: from the URI):\n" + describe_sources())
+        else:
+            p.add_argument("--source", metavar="URI", help="frame source:\n" + describe_sources())
         p.add_argument("--loop", action="store_true", default=None, help="restart a file/folder source at its end")
     p.add_argument("--imgsz", type=_config_number(ModelConfig, "model.imgsz", int),
                    help="input size for dynamic models (multiple of 32, 320..1280)")
@@ -139,12 +149,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "conf": ("postprocess", "conf_threshold"), "nms": ("postprocess", "nms"),
         "iou": ("postprocess", "iou_threshold"), "max_det": ("postprocess", "max_detections"),
         "mask_format": ("output", "mask_format"), "max_frames": ("pipeline", "max_frames"),
-        "inference_workers": ("pipeline", "inference_workers"),
+        "inference_workers": ("pipeline", "inference_workers"), "batch": ("pipeline", "batch"),
     }
     out: dict[str, Any] = {}
     for flag, (section, key) in table.items():
         value = getattr(args, flag, None)
-        if value is not None:
+        if value is not None and not isinstance(value, list):  # run's repeated --source: below
             out.setdefault(section, {})[key] = value
     if getattr(args, "log_level", None):
         out["log_level"] = args.log_level
@@ -154,7 +164,34 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out.setdefault("tracker", {})["enabled"] = True
     if getattr(args, "camera", None):
         out.setdefault("source", {})["name"] = args.camera
+    if isinstance(getattr(args, "source", None), list):  # run: --source repeatable, NAME=URI
+        _source_overrides(args.source, getattr(args, "camera", None), out)
     return out
+
+
+def _source_overrides(values: list[str], camera: str | None, out: dict[str, Any]) -> None:
+    """Lay ``run``'s --source flags over ``out``: one is ``source.uri`` (and ``source.name`` when
+    given as NAME=URI), several are a ``cameras:`` list. Either replaces what the file gives for
+    its sources (its ``cameras:`` list, or its ``source.uri`` and ``source.name``), as any flag
+    replaces the file's value; the rest of ``source:`` stays, the cameras' defaults."""
+    from edgeseg.config.cameras import split_named_source
+
+    try:
+        sources = [split_named_source(text) for text in values]
+    except ValueError as exc:
+        raise ConfigError(f"--source: {exc}") from None
+    if len(sources) == 1:
+        name, uri = sources[0]
+        section = out.setdefault("source", {})
+        if name is not None and camera is not None and name != camera:
+            raise ConfigError(f"--camera {camera!r} and --source {name}=...: two names for one camera, give one")
+        section.update({"uri": uri, **({"name": name} if name is not None else {})})
+        out["cameras"] = []
+        return
+    if camera is not None:
+        raise ConfigError("--camera names the one source: with several --source, name each as --source NAME=URI")
+    out.setdefault("source", {}).update({"uri": None, "name": None})
+    out["cameras"] = [{"uri": uri, **({"name": name} if name is not None else {})} for name, uri in sources]
 
 
 def _configure_logging(level: str) -> None:
@@ -202,13 +239,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     runtime = build_runtime(config)
     try:
-        total = None if config.source.loop else runtime.source.length
-        if config.pipeline.max_frames:
-            total = min(total or config.pipeline.max_frames, config.pipeline.max_frames)
-        with progress_bar(total, "run") as bar:
-            pipeline = build_pipeline(
-                config, runtime.source, runtime.processor, runtime.sinks, on_result=lambda _r: bar.update(1)
-            )
+        with progress_bar(_run_total(config, runtime), "run") as bar:
+            pipeline = build_pipeline(config, runtime, on_result=lambda _r: bar.update(1))
             stopper = _StopOnSignal(pipeline.stop)
             try:
                 counters = pipeline.run()
@@ -216,13 +248,32 @@ def cmd_run(args: argparse.Namespace) -> int:
                 stopper.restore()
     finally:
         runtime.close()
-    sinks = ", ".join(mask_credentials(spec) for spec in config.output.sinks) or "no sinks"
+    specs = [*config.output.sinks, *(s for c in runtime.cameras for s in c.spec.sinks)]
+    sinks = ", ".join(mask_credentials(spec) for spec in specs) or "no sinks"
+    cameras = pipeline.cameras()
     print(
         f"run: {counters.processed} frames in {counters.elapsed_s:.1f} s ({counters.fps:.2f} FPS), "
-        f"{counters.instances} instances, {runtime.source.skipped} skipped, {pipeline.drops} dropped, "
+        f"{counters.instances} instances, {sum(c.skipped for c in cameras)} skipped, {pipeline.drops} dropped, "
         f"{counters.sink_errors} sink errors; wrote {sinks}"
     )
+    if len(cameras) > 1:
+        for c in cameras:
+            print(f"  camera {c.name}: {c.processed} frames, {c.skipped} skipped, {c.dropped} dropped")
     return EXIT_OK
+
+
+def _run_total(config: Config, runtime: Runtime) -> Optional[int]:
+    """Frames the progress bar expects: every camera's file length (capped by max_frames), or
+    None when one of them is live, looping or of unknown length."""
+    total = 0
+    for camera in runtime.cameras:
+        n = None if camera.spec.source.loop else camera.source.length
+        if config.pipeline.max_frames:
+            n = min(n or config.pipeline.max_frames, config.pipeline.max_frames)
+        if n is None:
+            return None
+        total += n
+    return total
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -284,6 +335,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         "calibration": args.calibration, "calibration_limit": args.calibration_limit,
         "val_images": args.val_images, "val_annotations": args.val_annotations,
         "threads": args.threads, "latency_runs": args.latency_runs, "selftest_images": args.selftest_images,
+        "batch": args.batch,
     }
     result = export_bundle(build_options(args.recipe, overrides))
     engines = result.manifest.engines
@@ -337,16 +389,19 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="segment a source and write the results", formatter_class=argparse.RawTextHelpFormatter
     )
-    _add_common(run)
+    _add_common(run, cameras=True)
     from edgeseg.sinks import describe_sinks  # the sink registry is the one list of kinds
 
     run.add_argument("--sink", action="append", metavar="KIND:PATH",
                      help="output, repeatable:\n" + describe_sinks())
     run.add_argument("--mask-format", choices=["rle", "polygon", "none"], help="mask encoding in JSON outputs")
     run.add_argument("--max-frames", type=_config_number(PipelineConfig, "pipeline.max_frames", int),
-                     help="stop after N frames (0: until the source ends)")
+                     help="stop after N frames per camera (0: until the source ends)")
+    run.add_argument("--batch", type=_config_number(PipelineConfig, "pipeline.batch", int),
+                     help="frames of different cameras per inference call (at most the engine's batch;\n"
+                          "a batch-1 engine serves the cameras one frame at a time)")
     run.add_argument("--track", action="store_true",
-                     help="track objects: track_id on every instance (frame result v2), zones, lines and\n"
+                     help="track objects: track_id on every instance (frame result v3), zones, lines and\n"
                           "events from the config (tracker:, zones:, lines:, events:; sink events:PATH)")
     run.add_argument("--camera", metavar="NAME", help="the camera's name in events (default: from the source URI)")
     run.set_defaults(func=cmd_run)
@@ -404,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--latency-runs", type=int, help="timed inferences per engine (default 20)")
     ex.add_argument("--selftest-images", type=int, metavar="N",
                     help="images whose fp32 outputs the bundle carries for the engine self-test (default 4; 0: none)")
+    ex.add_argument("--batch", type=int, metavar="N",
+                    help="most frames per inference call (several cameras): ONNX with a symbolic batch, TensorRT "
+                         "profile min 1 / opt N / max N (default 1)")
     ex.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
     ex.set_defaults(func=cmd_export)
 

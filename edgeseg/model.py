@@ -14,9 +14,9 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
-from edgeseg.backends.base import Backend, NetworkInfo, TensorInfo
+from edgeseg.backends.base import Backend, NetworkInfo, TensorInfo, leading_dim
 from edgeseg.bundle.device import probe_device
 from edgeseg.bundle.local import load_merged_manifest
 from edgeseg.bundle.manifest import EngineRecord, Manifest, ModelRecord, is_bundle
@@ -72,6 +72,9 @@ class ModelSpec:
         num_masks: k, the number of prototypes and mask coefficients.
         pred_index, proto_index: positions of the two outputs in the backend's output list.
         normalization: pixel scaling per the model's metadata.
+        max_batch: the most frames one backend call takes (``Backend.max_batch``): 1 for a
+            batch-1 network, N for a batch-N engine, None where the batch is symbolic (no limit
+            known). The pipeline gathers at most this many frames per ``infer_batch`` call.
     """
 
     name: str
@@ -84,6 +87,7 @@ class ModelSpec:
     pred_index: int
     proto_index: int
     normalization: Normalization = Normalization()
+    max_batch: Optional[int] = 1
 
     @property
     def num_classes(self) -> int:
@@ -211,6 +215,7 @@ def spec_from_network(info: NetworkInfo, name: str, imgsz: int | None = None) ->
         pred_index=pred_i,
         proto_index=proto_i,
         normalization=_parse_normalization(meta, info.path),
+        max_batch=leading_dim(info),
     )
 
 
@@ -252,7 +257,8 @@ def open_engine(
         backend = OnnxRuntimeBackend(file, threads=threads, device=device, spin=spin)  # type: ignore[arg-type]
         backend.info = replace(backend.info, metadata={**backend.info.metadata, **meta})
     try:
-        spec = spec_from_network(backend.info, manifest.name, max(engine.resolution))
+        spec = replace(spec_from_network(backend.info, manifest.name, max(engine.resolution)),
+                       max_batch=backend.max_batch)
     except Exception:
         backend.close()
         raise
@@ -375,7 +381,7 @@ def load_model(
 
     backend = OnnxRuntimeBackend(path, threads=threads, device=device, spin=spin)  # type: ignore[arg-type]
     try:
-        spec = spec_from_network(backend.info, path.stem, imgsz)
+        spec = replace(spec_from_network(backend.info, path.stem, imgsz), max_batch=backend.max_batch)
     except Exception:
         backend.close()
         raise

@@ -209,6 +209,8 @@ class FrameResult:
         latency_ms: time spent per stage on this frame, stage name to milliseconds.
         analytics: track ids, zones, line crossings and events of this frame when tracking is on
             (``edgeseg.analytics``), else None.
+        camera: the name of the camera the frame came from (MQTT-topic safe); "" where a code
+            path has no camera (the self-test, bench's sequential loop).
     """
 
     frame: Frame
@@ -217,3 +219,4 @@ class FrameResult:
     resolution: tuple[int, int]
     latency_ms: dict[str, float] = field(default_factory=dict)
     analytics: Optional[Analytics] = None
+    camera: str = ""

@@ -4,6 +4,7 @@
                                     │                                   ├─► Q/DQ int8.onnx (TensorRT form)
                                     │                                   └─► QOperator int8.onnx (CPU form)
                                     └─► TensorRT present: fp16 / int8 .engine from those ONNX files
+    --batch N: every ONNX form rebatched (symbolic batch, export.rebatch), plans profiled 1/N/N
     calibration images ─► selftest/: the fp32 ONNX's decoded instances per resolution; every
                           file above judged against them, a failing form not shipped
     every file ─► latency here (+ accuracy on a validation set) ─► manifest.json + report.md
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from edgeseg.backends.base import Backend
 from edgeseg.bundle.manifest import (
+    MAX_ENGINE_BATCH,
     BuilderRecord,
     EngineRecord,
     Manifest,
@@ -74,6 +76,9 @@ class ExportOptions:
     #: Images of the engine self-test's reference (from --calibration, else the validation
     #: images); 0 writes none (the runtime then warns that the engines serve untested).
     selftest_images: int = SELFTEST_IMAGES
+    #: Most frames one inference call takes (--batch): above 1 the ONNX files get a symbolic
+    #: batch dimension and TensorRT plans the profile min 1 / opt N / max N.
+    batch: int = 1
 
 
 @dataclass
@@ -120,6 +125,8 @@ def _plan(opts: ExportOptions) -> _Plan:
     source = onnx_prep.load_source(opts.model)
     spec = source.spec
     notes: list[str] = []
+    if not 1 <= opts.batch <= MAX_ENGINE_BATCH:
+        raise ExportError(f"batch {opts.batch}: expected 1 to {MAX_ENGINE_BATCH}")
     bad = [r for r in opts.resolutions if not MIN_INPUT_SIZE <= r <= MAX_INPUT_SIZE or r % spec.stride]
     if bad:
         raise ExportError(
@@ -192,6 +199,7 @@ class _Built:
     precision: ExportPrecision
     builder: BuilderRecord
     quantization: Quantization | None = None
+    max_batch: int = 1
 
 
 class _Exporter:
@@ -226,9 +234,28 @@ class _Exporter:
                 _Built(qdq, size, "int8", self.ort_builder, "qdq-symmetric"),
                 _Built(cpu, size, "int8", self.ort_builder, "qoperator"),
             ]
+        if self.opts.batch > 1:
+            self._rebatch([b.file for b in built])
+            built = [replace(b, max_batch=self.opts.batch) for b in built]
         if self.plan.tensorrt:
             built += self._tensorrt(size, fp32, qdq)
         return built
+
+    def _rebatch(self, files: list[str]) -> None:
+        """Give every ONNX form of one resolution a symbolic batch dimension, in place.
+
+        After quantisation (which wants static shapes) and before the TensorRT builds (which
+        profile the batch): each form is rewritten and checked at batches 1, 2, 4 against itself
+        at batch 1 (``export.rebatch``), so a form that would mix frames stops the export.
+        """
+        from export.rebatch import rebatch_proto  # noqa: PLC0415
+
+        for file in files:
+            path = self.writer.path(file)
+            proto, count, worst = rebatch_proto(onnx.load(str(path)), file)
+            onnx_prep.save(proto, path)
+            log.info("%s: any batch (%d Reshape target(s) rewritten; frames within %.1e of batch 1)", file, count,
+                     worst)
 
     def _tensorrt(self, size: int, fp32: str, qdq: str | None) -> list[_Built]:
         import tensorrt  # noqa: PLC0415 - present: _plan checked
@@ -250,8 +277,10 @@ class _Exporter:
                 continue
             engine = self._file(size, precision, ".engine")
             record = build_engine(self.writer.path(onnx_file), self.writer.path(engine), precision,
-                                  workspace_mib=self.opts.workspace_mib, timing_cache=cache)
-            out.append(_Built(engine, size, precision, record, "qdq-symmetric" if precision == "int8" else None))
+                                  workspace_mib=self.opts.workspace_mib, timing_cache=cache,
+                                  resolution=(size, size), max_batch=self.opts.batch)
+            out.append(_Built(engine, size, precision, record, "qdq-symmetric" if precision == "int8" else None,
+                              self.opts.batch))
         return out
 
     def load(self, b: _Built, meta: dict[str, str]) -> Model:
@@ -309,6 +338,7 @@ class _Exporter:
         return EngineRecord(
             file=b.file, sha256=sha, bytes=nbytes, resolution=(b.size, b.size), precision=b.precision,
             quantization=b.quantization, builder=b.builder, latency=latency, accuracy=accuracy,
+            max_batch=b.max_batch,
         )
 
 

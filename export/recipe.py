@@ -14,6 +14,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import Field, ValidationError
 
+from edgeseg.bundle.manifest import MAX_ENGINE_BATCH
 from edgeseg.bundle.selftest import SELFTEST_IMAGES
 from edgeseg.errors import ExportError
 from edgeseg.strict import StrictModel
@@ -36,6 +37,11 @@ class ExportRecipe(StrictModel):
     selftest_images: int = Field(
         SELFTEST_IMAGES, ge=0, le=32,
         description="calibration images whose fp32 outputs the bundle carries for the engine self-test; 0 = none",
+    )
+    batch: int = Field(
+        1, ge=1, le=MAX_ENGINE_BATCH,
+        description="most frames one inference call takes: above 1, ONNX files with a symbolic batch and "
+        "TensorRT plans with the profile min 1 / opt N / max N (several cameras per call)",
     )
 
 
@@ -82,4 +88,5 @@ def build_options(recipe_path: str | None, overrides: dict[str, Any]) -> ExportO
         threads=r.threads,
         latency_runs=r.latency_runs,
         selftest_images=r.selftest_images,
+        batch=r.batch,
     )

@@ -53,7 +53,7 @@ def _lines(path: Path) -> List[Dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_run_track_writes_v2_results_and_each_event_begins_and_ends_once(tmp_path: Path) -> None:
+def test_run_track_writes_v3_results_and_each_event_begins_and_ends_once(tmp_path: Path) -> None:
     video = _video(tmp_path / "clip.mp4")
     results, events = tmp_path / "results.jsonl", tmp_path / "events.jsonl"
     code = main(["run", "--model", str(DEMO), "--source", str(video), "--track", "--camera", "yard",
@@ -61,10 +61,11 @@ def test_run_track_writes_v2_results_and_each_event_begins_and_ends_once(tmp_pat
     assert code == 0
     frames = _lines(results)
     assert len(frames) == FRAMES
-    v2 = _schema("frame_result.v2.json")
+    v3 = _schema("frame_result.v3.json")
     for doc in frames:
-        jsonschema.validate(doc, v2)
-        assert doc["version"] == 2
+        jsonschema.validate(doc, v3)
+        assert doc["version"] == 3 and doc["camera"] == "yard"
+        assert all("track_id" in i for i in doc["instances"])
     ids = [i["track_id"] for doc in frames for i in doc["instances"] if i["track_id"] is not None]
     assert ids, "no instance was tracked"
     docs = _lines(events)
@@ -81,14 +82,15 @@ def test_run_track_writes_v2_results_and_each_event_begins_and_ends_once(tmp_pat
     assert tracked <= set(ids)  # events are about tracks that frame results carry
 
 
-def test_run_without_track_keeps_frame_results_v1(tmp_path: Path) -> None:
+def test_run_without_track_writes_v3_results_without_track_ids(tmp_path: Path) -> None:
     video = _video(tmp_path / "clip.mp4", frames=3)
     results = tmp_path / "results.jsonl"
     assert main(["run", "--model", str(DEMO), "--source", str(video), "--sink", f"jsonl:{results}",
                  "--log-level", "warning"]) == 0
     for doc in _lines(results):
-        jsonschema.validate(doc, _schema("frame_result.v1.json"))
-        assert doc["version"] == 1 and all("track_id" not in i for i in doc["instances"])
+        jsonschema.validate(doc, _schema("frame_result.v3.json"))
+        assert doc["version"] == 3 and doc["camera"] == "clip"
+        assert all("track_id" not in i for i in doc["instances"])
 
 
 @pytest.mark.parametrize(

@@ -676,3 +676,22 @@ def test_device_manifest_round_trips_and_refuses_foreign_plans(bundle: Path, fak
     doc["plans"][1]["engine"]["quantization"] = None
     with pytest.raises(ValueError, match="a second fp16 plan at 320"):
         DeviceManifest.model_validate(doc)
+
+
+def test_a_batch_bundle_builds_its_plans_with_its_batch_profile(bundle: Path, fake_trt: FakeBuilderTrt) -> None:
+    """An export with --batch N records max_batch on its ONNX files: the device build passes it
+    to the builder (profile min 1 / opt N / max N) and records it on the plan."""
+    manifest, _ = read_signed(bundle)
+    batched = manifest.model_copy(update={"engines": [e.model_copy(update={"max_batch": 4}) for e in manifest.engines]})
+    assert {s.max_batch for s in onnx_sources(batched).values()} == {4}
+    assert ORIN.tensorrt is not None
+    requests, _ = plan_requests(batched, TrtVersion.parse(ORIN.tensorrt), ("fp16",))
+    seen: List[int] = []
+
+    def recording(onnx: Path, engine: Path, precision: str, **kwargs: Any) -> Any:
+        seen.append(kwargs["max_batch"])
+        raise ExportError("recorded")
+
+    report = build_plans(bundle, requests, ORIN, selftest=passing, say=lambda _line: None, heartbeat_s=0,
+                         builder=recording)
+    assert seen == [4] and len(report.failed) == 1

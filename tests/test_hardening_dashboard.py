@@ -436,7 +436,7 @@ def test_failed_switch_is_not_remembered(switches: list[tuple[str, bool]], fails
     old = parse_config({})
     daemon.session.begin(fake_generation(old))
     monkeypatch.setattr(daemon, "stats", lambda: STATS)
-    monkeypatch.setattr(daemon, "_stop_active", lambda: None)
+    monkeypatch.setattr(daemon, "_stop_active", lambda reloading=False: None)
 
     def start(config: Any, model: Any = None) -> Any:
         if fails == "start" and model is not None:

@@ -318,5 +318,5 @@ def test_cli_sink_help_lists_every_registered_kind(command: str) -> None:
 
 def test_run_summary_line_masks_sink_specs() -> None:
     source = Path(__file__).resolve().parents[1] / "edgeseg" / "cli.py"
-    assert 'join(mask_credentials(spec) for spec in config.output.sinks)' in source.read_text()
+    assert 'join(mask_credentials(spec) for spec in specs)' in source.read_text()
     assert os.path.exists(source)

@@ -1,4 +1,4 @@
-"""Frame results v2 (track ids), and the MQTT sink's events, snapshots, retained zone counts and Home
+"""Frame results v3 (camera, track ids), and the MQTT sink's events, snapshots, retained zone counts and Home
 Assistant discovery, against a real Mosquitto broker on loopback (skipped where it is absent).
 
 Payloads are checked against the JSON Schemas; what arrives is counted by a real paho subscriber
@@ -33,6 +33,7 @@ from edgeseg.sinks.serialize import frame_result_to_dict, instances_to_dicts, lo
 
 V1 = jsonschema.Draft202012Validator(load_schema(1))
 V2 = jsonschema.Draft202012Validator(load_schema(2))
+V3 = jsonschema.Draft202012Validator(load_schema(3))
 BUDGET_S = 20.0
 """Safety net for waits on the broker; reaching it fails the test, it is not measured."""
 needs_broker = pytest.mark.skipif(MOSQUITTO is None, reason=MISSING_REASON)
@@ -118,29 +119,42 @@ def recorder(broker: Mosquitto) -> Iterator[Recorder]:
 # ----------------------------------------------------------------------- frame result version 2
 
 
-def test_tracked_result_is_version_2_with_track_ids_and_untracked_stays_version_1() -> None:
-    tracked = frame_result_to_dict(with_analytics(5, track_ids=(7, -1)), "rle")
-    V2.validate(tracked)
-    assert tracked["version"] == 2
+def test_results_are_version_3_with_the_camera_and_track_ids_only_when_tracking() -> None:
+    tracked = frame_result_to_dict(dataclasses.replace(with_analytics(5, track_ids=(7, -1)), camera="gate"), "rle")
+    V3.validate(tracked)
+    assert tracked["version"] == 3 and tracked["camera"] == "gate"
     assert [i["track_id"] for i in tracked["instances"]] == [7, None]
-    assert not V1.is_valid(tracked)  # a v1 consumer is told, not misled
+    assert not V1.is_valid(tracked) and not V2.is_valid(tracked)  # an older consumer is told, not misled
 
-    plain = frame_result_to_dict(synthetic_result(5), "rle")
-    V1.validate(plain)
-    assert plain["version"] == 1 and all("track_id" not in i for i in plain["instances"])
-    assert not V2.is_valid(plain)
-    # v2 is v1 plus the track ids: nothing else differs
-    stripped = {**tracked, "version": 1, "instances": [{k: v for k, v in i.items() if k != "track_id"}
-                                                       for i in tracked["instances"]]}
+    plain = frame_result_to_dict(dataclasses.replace(synthetic_result(5), camera="gate"), "rle")
+    V3.validate(plain)
+    assert plain["version"] == 3 and all("track_id" not in i for i in plain["instances"])
+    # v3 is v1 (untracked) or v2 (tracked) plus the camera: nothing else differs
+    as_v1 = {k: v for k, v in plain.items() if k != "camera"}
+    V1.validate({**as_v1, "version": 1})
+    as_v2 = {k: v for k, v in tracked.items() if k != "camera"}
+    V2.validate({**as_v2, "version": 2})
+    stripped = {**tracked, "instances": [{k: v for k, v in i.items() if k != "track_id"}
+                                         for i in tracked["instances"]]}
     assert stripped == plain
 
 
 @pytest.mark.parametrize("bad", [{"track_id": 0}, {"track_id": "3"}, {"track_id": 1.5}, {}])
 def test_version_2_refuses_bad_or_missing_track_ids(bad: Dict[str, Any]) -> None:
     doc = frame_result_to_dict(with_analytics(1, track_ids=(4, 2)), "none")
+    doc = {**{k: v for k, v in doc.items() if k != "camera"}, "version": 2}
     instance = {k: v for k, v in doc["instances"][0].items() if k != "track_id"}
     doc["instances"][0] = {**instance, **bad}
     assert not V2.is_valid(doc)
+
+
+@pytest.mark.parametrize("bad", [{"track_id": 0}, {"track_id": "3"}, {"track_id": 1.5}, {}])
+def test_version_3_refuses_bad_track_ids_and_track_ids_on_some_instances_only(bad: Dict[str, Any]) -> None:
+    doc = frame_result_to_dict(with_analytics(1, track_ids=(4, 2)), "none")
+    V3.validate(doc)
+    instance = {k: v for k, v in doc["instances"][0].items() if k != "track_id"}
+    doc["instances"][0] = {**instance, **bad}
+    assert not V3.is_valid(doc)
 
 
 def test_track_ids_must_align_with_instances_and_schema_versions_are_checked() -> None:
@@ -148,14 +162,17 @@ def test_track_ids_must_align_with_instances_and_schema_versions_are_checked() -
     with pytest.raises(ValueError, match=r"track_ids: expected one per instance \(2\), found 3"):
         instances_to_dicts(result.instances, "none", np.array([1, 2, 3], np.int32))
     with pytest.raises(ValueError, match="schema version must be one of"):
-        load_schema(3)
+        load_schema(4)
+    assert load_schema() == load_schema(3)  # the default is what is written now
 
 
-def test_both_schema_versions_are_documented() -> None:
-    v1, v2 = load_schema(1), load_schema(2)
+def test_every_schema_version_is_documented() -> None:
+    v1, v2, v3 = load_schema(1), load_schema(2), load_schema(3)
     assert "version 2" in v1["description"] and "track_id" in v1["description"]
     assert "version 1" in v2["description"] and "null" in v2["description"]
     assert v2["$defs"]["instance"]["properties"]["track_id"]["description"]
+    assert "version 1" in v3["description"] and "version 2" in v3["description"] and "camera" in v3["description"]
+    assert v3["properties"]["camera"]["description"] and "camera" in v3["required"]
 
 
 # ----------------------------------------------------------------------------- the disk queue

@@ -117,7 +117,8 @@ def test_serialized_result_validates(mask_format, instances, expected_mask_forma
 
 def test_serialized_fields_and_rounding() -> None:
     payload = frame_result_to_dict(make_result(frame_id=7, name="a.jpg"), "rle")
-    assert payload["schema"] == "edgeseg/frame-result" and payload["version"] == 1
+    assert payload["schema"] == "edgeseg/frame-result" and payload["version"] == 3
+    assert payload["camera"] == "" and all("track_id" not in i for i in payload["instances"])
     assert (payload["frame_id"], payload["name"], payload["model"]) == (7, "a.jpg", "yolov8n-seg")
     assert payload["resolution"] == [320, 320] and payload["image_size"] == list(IMAGE_SIZE)
     assert payload["latency_ms"] == {"preprocess": 1.235, "infer": 10.0}
@@ -169,11 +170,16 @@ SHORT_POLYGON = {"format": "polygon", "polygons": [[1, 2, 3, 4]]}
         (_with(BASE_PAYLOAD, ("instances", 0, "mask"), SHORT_POLYGON), True),
         (_with(BASE_PAYLOAD, ("latency_ms", "infer"), -1.0), True),
         ({k: v for k, v in BASE_PAYLOAD.items() if k != "model"}, True),
+        ({k: v for k, v in BASE_PAYLOAD.items() if k != "camera"}, True),
+        (_with(BASE_PAYLOAD, ("camera",), "door/1"), True),
+        (_with(BASE_PAYLOAD, ("camera",), "door-1"), False),
+        (_with(BASE_PAYLOAD, ("instances", 0, "track_id"), 4), True),
     ],
     ids=[
         "valid", "extra top-level key", "extra instance key", "extra mask key", "wrong version",
         "negative frame id", "score above 1", "short box", "polygon under 3 points",
-        "negative latency", "missing model",
+        "negative latency", "missing model", "missing camera", "camera not topic-safe", "camera named",
+        "track id on some instances only",
     ],
 )  # fmt: skip
 def test_schema_rejects_malformed_payloads(payload: dict, raises: bool) -> None:

@@ -285,6 +285,8 @@ class AdaptiveController:
         self._pending: int | None = None
         self._failed_sizes: set[int] = set()
         self._live = False
+        #: Cameras sharing the model (``attach``); a rate goal is each camera's rate.
+        self.cameras = 1
         self._drops: Callable[[], int] | None = None
         self._metric = Ewma(config.ewma_alpha)
         self._drops_seen = 0
@@ -296,10 +298,22 @@ class AdaptiveController:
     # -- wiring --------------------------------------------------------------------------------
 
     def attach(self, pipeline: _PipelineLike) -> None:
-        """Read the pipeline's drop counter and source kind (live sources set their own pace)."""
-        self._live = bool(getattr(pipeline.source, "live", False))
+        """Read the pipeline's drop counter, source kind (live sources set their own pace) and
+        number of cameras (a rate goal is per camera: the picker fits them all)."""
+        self._live = bool(getattr(pipeline, "live", getattr(pipeline.source, "live", False)))
         self._drops = lambda: pipeline.drops
         self._drops_seen = pipeline.drops
+        names = getattr(pipeline, "camera_names", None)
+        self.set_cameras(len(names()) if callable(names) else 1)
+
+    def set_cameras(self, n: int) -> None:
+        """The number of cameras sharing the model: a rate goal's cost is measured for all of
+        them (see ``_frame_cost``); a change starts the average again."""
+        n = max(1, n)
+        if n != self.cameras:
+            self.cameras = n
+            with self._lock:
+                self._metric.reset()
 
     def close(self) -> None:
         """Close the models the ladder loaded; call after the pipeline has been joined."""
@@ -362,10 +376,19 @@ class AdaptiveController:
         return self._apply(decision, obs, result.frame.frame_id)
 
     def _frame_cost(self, lat: dict[str, float], now: float) -> float | None:
-        """This frame's sample of the goal's cost in ms; None when there is none yet."""
+        """This frame's sample of the goal's cost in ms; None when there is none yet.
+
+        With several cameras a rate goal is each camera's rate, and the cost is what one frame
+        of every camera costs together: the shared inference's time for all of them (each
+        frame's ``infer`` is its share of its batch), or the interval between results times the
+        number of cameras (results of all cameras interleave). Capture and output threads are
+        per camera and run side by side. So the picker chooses the size at which all cameras
+        together fit, the same size for all of them (a camera that pins ``imgsz`` keeps its own).
+        """
         if self.goal.mode == "latency":
             return sum(ms for stage, ms in lat.items() if stage not in WAIT_STAGES)
-        busy = max(lat.get("infer", 0.0) / self.workers, sum(lat.get(s, 0.0) for s in CAPTURE_THREAD_STAGES),
+        busy = max(lat.get("infer", 0.0) * self.cameras / self.workers,
+                   sum(lat.get(s, 0.0) for s in CAPTURE_THREAD_STAGES),
                    sum(lat.get(s, 0.0) for s in OUTPUT_THREAD_STAGES))
         paced = self._source_paced()
         if paced != self._paced:  # what the average means changes: start it again
@@ -376,7 +399,7 @@ class AdaptiveController:
             return busy
         if self._last_t is None:
             return None
-        return (now - self._last_t) * 1e3
+        return (now - self._last_t) * 1e3 * self.cameras
 
     def _source_paced(self) -> bool:
         """A live source that has not dropped a frame lately sets the pace: intervals say nothing.
@@ -400,7 +423,7 @@ class AdaptiveController:
         infer_now = self.table.measured_ms(cur.size)
         if infer_now is None:
             return {cur: metric}
-        k = 1.0 / self.workers if self.goal.mode == "fps" else 1.0
+        k = self.cameras / self.workers if self.goal.mode == "fps" else 1.0
         out: dict[Rung, float] = {}
         for r in self.rungs:
             if r.effort or r.size in self._failed_sizes:

@@ -54,6 +54,10 @@ class OnnxRuntimeBackend(Backend):
         spin: let idle pool threads spin-wait. Spinning shaves latency from a lone inference
             loop but burns the cores that the capture and output threads of the pipeline need,
             so the pipeline turns it off.
+
+    Batches (``Backend.infer_batch``): a network whose batch dimension is symbolic runs a whole
+    batch in one ``session.run`` (``max_batch`` None: no limit known); a static batch-1 network
+    is run once per frame, a static batch-N one with N frames (padded).
     """
 
     def __init__(self, path: str | Path, threads: int = 0, device: Device = "auto", spin: bool = False):

@@ -15,6 +15,13 @@ shared by two streams at once). Slots are created lazily up to ``contexts`` and 
 pool rather than tied to threads, so a thread that ends does not strand its slot and a further
 thread waits for a free one instead of failing.
 
+Batches (docs/tensorrt.md, "Batch profiles"). An engine built with ``--batch N`` has a symbolic
+batch dimension and the profile min 1 / opt N / max N. Every slot's buffers are allocated once for
+N frames; a call of n <= N frames sets the context's input shape to n (only when it differs from
+the slot's last call: the shape stays set on the context), copies n frames in and n frames' outputs
+out, the leading part of each buffer. A static batch-N engine runs N frames every call (the base
+class pads); a batch-1 engine is called once per frame (``Backend.infer_batch``).
+
 Outputs are returned as copies of the pinned host buffers. The pipeline's output thread decodes
 a frame while the same slot already runs a later one, and how long it holds a result depends on
 the double buffer and the in-order reassembly of several workers; a ring of pinned buffers would
@@ -39,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeseg.backends import trt_plan
-from edgeseg.backends.base import Backend, NetworkInfo, TensorInfo
+from edgeseg.backends.base import Backend, Dim, NetworkInfo, TensorInfo
 from edgeseg.errors import BundleError, ModelError
 
 if TYPE_CHECKING:
@@ -118,6 +125,8 @@ class _Slot:
         self.stream = stream
         self.host = host
         self.device = device
+        #: Frames the context's input shape is set to now (a dynamic batch is set per call).
+        self.batch = 0
 
     def free(self) -> None:
         """Free the buffers and drop the context; call with the CUDA context pushed."""
@@ -145,7 +154,9 @@ class TensorRTBackend(Backend):
         contexts: most execution contexts (and so concurrent ``infer`` calls) to open.
 
     ``info`` reports the shapes the buffers are planned for (concrete, resolution applied), not
-    the engine's ``-1`` dimensions: this backend runs exactly those shapes.
+    the engine's ``-1`` dimensions: this backend runs exactly those shapes. The one exception is a
+    batch profile above 1, whose leading dimension is reported as ``"batch"`` (any batch from the
+    profile's min to ``max_batch`` runs, see ``infer``).
     """
 
     def __init__(
@@ -203,13 +214,28 @@ class TensorRTBackend(Backend):
             raise
         self.info = NetworkInfo(
             path=str(path),
-            inputs=tuple(TensorInfo(t.name, t.shape, str(t.dtype)) for t in self._plan.inputs),
-            outputs=tuple(TensorInfo(t.name, t.shape, str(t.dtype)) for t in self._plan.outputs),
+            inputs=tuple(TensorInfo(t.name, self._reported(t.shape), str(t.dtype)) for t in self._plan.inputs),
+            outputs=tuple(TensorInfo(t.name, self._reported(t.shape), str(t.dtype)) for t in self._plan.outputs),
             metadata=dict(metadata or {}),
             provider=f"TensorRT {self._version}",
         )
-        log.debug("loaded %s with TensorRT %s, up to %d contexts, %d buffer bytes each",
-                  path, self._version, self._max_slots, self._plan.nbytes)
+        log.debug("loaded %s with TensorRT %s, up to %d contexts, batch %d..%d, %d buffer bytes each",
+                  path, self._version, self._max_slots, self._batch_low, self._batch_high, self._plan.nbytes)
+
+    def _reported(self, shape: tuple[int, ...]) -> tuple[Dim, ...]:
+        """A planned shape as ``info`` reports it: ``"batch"`` leading where calls may vary it."""
+        if self._batch_varies and shape:
+            return ("batch", *shape[1:])
+        return shape
+
+    @property
+    def _batch_varies(self) -> bool:
+        return self._batch_low < self._batch_high
+
+    @property
+    def max_batch(self) -> int:
+        """The most frames one call runs: the profile's maximum, or the engine's static batch."""
+        return self._batch_high
 
     @contextlib.contextmanager
     def _current(self) -> Iterator[None]:
@@ -262,10 +288,14 @@ class TensorRTBackend(Backend):
         if self._max_slots < contexts:
             log.warning("%s: dynamic-shape engine with %d profile(s) on TensorRT %s: %d context(s), not %d",
                         self._path, engine.num_optimization_profiles, self._version, self._max_slots, contexts)
+        profile = self._profiles(0).get(inputs[0].name)
         try:
-            self._input_shape = trt_plan.input_shape(inputs[0], resolution, self._profiles(0).get(inputs[0].name))
+            self._input_shape = trt_plan.input_shape(inputs[0], resolution, profile)
         except ValueError as exc:
             raise BundleError(f"{self._path}: {exc}") from None
+        # Buffers hold the largest batch the profile allows; a call of fewer frames uses their
+        # leading part after setting the context's input shape to its batch.
+        self._batch_low, self._batch_high = trt_plan.batch_range(inputs[0], profile)
         # The first slot is opened now: it settles the output shapes (only a context knows them
         # once the input shape is set) and reports a bad resolution at load, not at the first frame.
         first = self._open_slot(0)
@@ -308,6 +338,7 @@ class TensorRTBackend(Backend):
         host: dict[str, npt.NDArray[Any]] = {}
         device: dict[str, cuda.DeviceAllocation] = {}
         slot = _Slot(context, stream, host, device)
+        slot.batch = self._input_shape[0]
         try:
             for t in self._plan.tensors:
                 host[t.name] = cuda.pagelocked_empty(t.shape, t.dtype)
@@ -353,36 +384,48 @@ class TensorRTBackend(Backend):
             self._lock.notify_all()
 
     def infer(self, inputs: npt.NDArray[np.float32]) -> Sequence[npt.NDArray[np.float32]]:
-        """Run one frame on a free slot; returns copies, see the module docstring."""
+        """Run one frame, or a batch within the engine's profile, on a free slot; returns copies
+        (see the module docstring) with the input's batch as their leading dimension."""
         import pycuda.driver as cuda  # noqa: PLC0415
 
         source = self._plan.inputs[0]
-        if tuple(inputs.shape) != source.shape:
-            raise ModelError(f"{self._path}: input shape {tuple(inputs.shape)}, engine runs {source.shape}")
+        try:
+            n = trt_plan.call_batch(source.shape, inputs.shape, self._batch_low, self._batch_high)
+        except ValueError as exc:
+            raise ModelError(f"{self._path}: {exc}") from None
         try:
             with self._current():
                 slot = self._acquire()
                 try:
-                    return self._run(slot, inputs)
+                    return self._run(slot, inputs, n)
                 finally:
                     self._give_back(slot)
         except cuda.Error as exc:
             raise ModelError(f"{self._path}: CUDA error during inference: {_first_line(exc)}") from exc
 
-    def _run(self, slot: _Slot, inputs: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
-        """Copy in, execute, copy out, wait; all on the slot's stream."""
+    def _run(self, slot: _Slot, inputs: npt.NDArray[np.float32], n: int) -> list[npt.NDArray[np.float32]]:
+        """Set the batch, copy in, execute, copy out, wait; all on the slot's stream.
+
+        Only the leading ``n`` frames of each buffer move: a partial batch costs its own copies.
+        """
         import pycuda.driver as cuda  # noqa: PLC0415
 
         assert slot.context is not None
         source = self._plan.inputs[0]
-        np.copyto(slot.host[source.name], inputs, casting="same_kind")
-        cuda.memcpy_htod_async(slot.device[source.name], slot.host[source.name], slot.stream)
+        if n != slot.batch:  # only a dynamic batch gets here: call_batch holds a static one to its size
+            shape = (n, *source.shape[1:])
+            if not slot.context.set_input_shape(source.name, shape):
+                raise ModelError(f"{self._path}: TensorRT refused input shape {shape} for {source.name!r}")
+            slot.batch = n
+        host_in = slot.host[source.name][:n]
+        np.copyto(host_in, inputs, casting="same_kind")
+        cuda.memcpy_htod_async(slot.device[source.name], host_in, slot.stream)
         if not slot.context.execute_async_v3(slot.stream.handle):
             raise ModelError(f"{self._path}: TensorRT execute_async_v3 failed (see the TensorRT log)")
         for t in self._plan.outputs:
-            cuda.memcpy_dtoh_async(slot.host[t.name], slot.device[t.name], slot.stream)
+            cuda.memcpy_dtoh_async(slot.host[t.name][:n], slot.device[t.name], slot.stream)
         slot.stream.synchronize()
-        return [slot.host[t.name].astype(np.float32) for t in self._plan.outputs]
+        return [slot.host[t.name][:n].astype(np.float32) for t in self._plan.outputs]
 
     def close(self) -> None:
         """Free every buffer, context and the engine, then detach the CUDA context. Idempotent.

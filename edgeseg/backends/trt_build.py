@@ -84,18 +84,19 @@ def _add_profiles(
     config: trt.IBuilderConfig,
     count: int,
     resolution: tuple[int, int] | None,
+    max_batch: int = trt_plan.BATCH,
 ) -> None:
-    """Static (min = opt = max) profiles for dynamic inputs; a static ONNX needs none."""
+    """Profiles for dynamic inputs (``trt_plan.build_profiles``): one resolution, batch min 1 /
+    opt ``max_batch`` / max ``max_batch``; a static batch-1 ONNX needs none."""
     import tensorrt as trt  # noqa: PLC0415
 
-    shapes = {}
+    specs = []
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        spec = trt_plan.TensorSpec(
+        specs.append(trt_plan.TensorSpec(
             tensor.name, True, tensor_dims(tensor.shape), trt_plan.numpy_dtype(tensor.dtype.name)
-        )
-        if spec.is_dynamic:
-            shapes[spec.name] = trt_plan.static_profile(spec, resolution)
+        ))
+    shapes = trt_plan.build_profiles(specs, resolution, max_batch)
     for _ in range(count if shapes else 0):
         profile = builder.create_optimization_profile()
         for name, s in shapes.items():
@@ -126,6 +127,7 @@ def build_engine(
     workspace_mib: int = 1024,
     timing_cache: Path | None = None,
     resolution: tuple[int, int] | None = None,
+    max_batch: int = trt_plan.BATCH,
 ) -> BuilderRecord:
     """Build ``onnx_path`` into the plan file ``engine_path`` and say what built it.
 
@@ -135,6 +137,8 @@ def build_engine(
         timing_cache: a file to load tactic timings from and save them to (optional).
         resolution: (height, width) for an ONNX with a dynamic input; edgeseg's export writes
             static ONNX files, one per resolution, which need none.
+        max_batch: the most frames one call of the engine runs (profile min 1 / opt N / max N);
+            above 1 the ONNX needs a symbolic batch dimension (``export --batch``).
     """
     found = tensorrt_version()
     if found is None:
@@ -162,7 +166,7 @@ def build_engine(
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib * MIB)
         for flag in decisions.builder_flags:
             config.set_flag(trt.BuilderFlag.FP16 if flag == "FP16" else trt.BuilderFlag.INT8)
-        _add_profiles(builder, network, config, decisions.profiles, resolution)
+        _add_profiles(builder, network, config, decisions.profiles, resolution, max_batch)
         _use_timing_cache(config, timing_cache)
         t0 = time.monotonic()
         plan: trt.IHostMemory | None = builder.build_serialized_network(network, config)

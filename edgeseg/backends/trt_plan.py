@@ -29,7 +29,9 @@ BuilderFlagName = Literal["FP16", "INT8"]
 #: The oldest TensorRT edgeseg runs: 8.5 (JetPack 5.1) is the first with the name-based tensor
 #: API, the only one left in 10 and 11, so one code path serves every supported device.
 MIN_VERSION: Final = (8, 5)
-#: The runtime infers one frame at a time; a dynamic batch dimension is fixed to this.
+#: The batch of a batch-1 engine and the minimum of every batch profile: a batch-N engine is
+#: built with the profile min 1 / opt N / max N (``batch_profile``), so that the same engine runs
+#: one camera's frame or a full batch of N cameras' frames.
 BATCH: Final = 1
 #: How TensorRT marks a dimension that is only known once the input shapes are set.
 DYNAMIC: Final = -1
@@ -268,9 +270,16 @@ class BufferPlan:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
 
+    @property
+    def batch(self) -> int:
+        """Frames the buffers hold: the first input's leading dimension (1 without inputs)."""
+        inputs = self.inputs
+        return inputs[0].shape[_BATCH_AXIS] if inputs and inputs[0].shape else BATCH
 
-def _image_shape(spec: TensorSpec, resolution: tuple[int, int]) -> Shape:
-    """Fill the dynamic dims of an NCHW input from (height, width); static dims must agree."""
+
+def _image_shape(spec: TensorSpec, resolution: tuple[int, int], batch: int = BATCH) -> Shape:
+    """Fill the dynamic dims of an NCHW input from (batch, height, width); static dims must agree
+    with the resolution (a static batch dimension is kept: it is what the engine runs)."""
     if len(spec.shape) != IMAGE_RANK:
         raise ValueError(
             f"input {spec.name!r} has dynamic shape {_shape_text(spec.shape)}; only NCHW image inputs "
@@ -278,7 +287,8 @@ def _image_shape(spec: TensorSpec, resolution: tuple[int, int]) -> Shape:
         )
     if spec.shape[_CHANNEL_AXIS] < 0:
         raise ValueError(f"input {spec.name!r} has a dynamic channel count {_shape_text(spec.shape)}")
-    wanted = (BATCH, spec.shape[_CHANNEL_AXIS], *resolution)
+    frames = spec.shape[_BATCH_AXIS] if spec.shape[_BATCH_AXIS] > 0 else batch
+    wanted = (frames, spec.shape[_CHANNEL_AXIS], *resolution)
     shape = tuple(w if d < 0 else d for d, w in zip(spec.shape, wanted))
     if shape != wanted:
         h, w = resolution
@@ -286,8 +296,22 @@ def _image_shape(spec: TensorSpec, resolution: tuple[int, int]) -> Shape:
     return shape
 
 
+def _batch_of(spec: TensorSpec, profile: ProfileShapes | None, batch: int | None) -> int:
+    """The batch to plan a dynamic input for: ``batch``, else the profile's largest, else 1."""
+    if batch is not None:
+        if batch < 1:
+            raise ValueError(f"batch {batch}: expected at least 1")
+        return batch
+    if profile is not None and spec.shape and spec.shape[_BATCH_AXIS] < 0:
+        return profile.max[_BATCH_AXIS]
+    return BATCH
+
+
 def input_shape(
-    spec: TensorSpec, resolution: tuple[int, int] | None = None, profile: ProfileShapes | None = None
+    spec: TensorSpec,
+    resolution: tuple[int, int] | None = None,
+    profile: ProfileShapes | None = None,
+    batch: int | None = None,
 ) -> Shape:
     """The concrete shape to run input ``spec`` at.
 
@@ -295,6 +319,8 @@ def input_shape(
     (a resolution that disagrees is an error, not silently ignored); a dynamic one takes the
     resolution, else the profile's opt shape, else fails naming the tensor, as TensorRT's
     ``common_runtime.py`` does, because ``trt.volume`` of a ``-1`` shape sizes nothing sensible.
+    A dynamic batch dimension takes ``batch``, else the profile's maximum (the runtime sizes its
+    buffers for the largest call and runs smaller batches in them), else 1.
     """
     if not spec.is_input:
         raise ValueError(f"tensor {spec.name!r} is an output, not an input")
@@ -302,10 +328,15 @@ def input_shape(
         raise ValueError(f"resolution {resolution}: expected (height, width), both positive")
     if not spec.is_dynamic:
         return _image_shape(spec, resolution) if resolution is not None else spec.shape
+    frames = _batch_of(spec, profile, batch)
     if resolution is not None:
-        shape = _image_shape(spec, resolution)
+        shape = _image_shape(spec, resolution, frames)
     elif profile is not None:
         shape = profile.opt
+        if spec.shape[_BATCH_AXIS] < 0:
+            shape = (frames, *shape[1:])
+    elif all(d > 0 for d in spec.shape[1:]):  # only the batch is dynamic: nothing else to size
+        shape = (frames, *spec.shape[1:])
     else:
         raise ValueError(
             f"input {spec.name!r} has dynamic shape {_shape_text(spec.shape)} and no input resolution or "
@@ -319,10 +350,70 @@ def input_shape(
     return shape
 
 
+def batch_profile(spec: TensorSpec, resolution: tuple[int, int] | None, max_batch: int = BATCH) -> ProfileShapes:
+    """The build profile of an image input: batch min 1 / opt ``max_batch`` / max ``max_batch``, one
+    resolution (height and width min = opt = max: TensorRT tunes for exactly the size it runs).
+
+    The opt batch is the full one because a batched engine earns its keep when the cameras fill
+    it; a partial batch still runs, on kernels tuned for the full one. A batch of 1 gives the
+    static profile of a batch-1 engine. ``max_batch`` above 1 needs a symbolic batch dimension.
+    """
+    if max_batch < 1:
+        raise ValueError(f"batch {max_batch}: expected at least 1")
+    if max_batch > BATCH and spec.shape and spec.shape[_BATCH_AXIS] >= 0:
+        raise ValueError(
+            f"input {spec.name!r} has a static batch of {spec.shape[_BATCH_AXIS]} {_shape_text(spec.shape)}; a "
+            f"batch-{max_batch} engine needs an ONNX whose batch dimension is symbolic (export --batch "
+            f"{max_batch}, or python -m export.rebatch)"
+        )
+    high = input_shape(spec, resolution, batch=max_batch)
+    low = (BATCH, *high[1:]) if spec.shape[_BATCH_AXIS] < 0 else high
+    return ProfileShapes(low, high, high)
+
+
 def static_profile(spec: TensorSpec, resolution: tuple[int, int] | None) -> ProfileShapes:
-    """min = opt = max for a one-resolution build: TensorRT tunes for exactly the shape it runs."""
-    shape = input_shape(spec, resolution)
-    return ProfileShapes(shape, shape, shape)
+    """min = opt = max for a one-resolution batch-1 build: TensorRT tunes for exactly the shape it runs."""
+    return batch_profile(spec, resolution, BATCH)
+
+
+def build_profiles(
+    specs: Sequence[TensorSpec], resolution: tuple[int, int] | None, max_batch: int = BATCH
+) -> dict[str, ProfileShapes]:
+    """The profile of every dynamic input for a build of ``max_batch`` frames at ``resolution``.
+
+    A static ONNX needs none, unless a batch above 1 is asked for, which it cannot give: refused.
+    """
+    shapes = {}
+    for spec in specs:
+        if spec.is_dynamic or max_batch > BATCH:  # a static input and a batch above 1: refused
+            shapes[spec.name] = batch_profile(spec, resolution, max_batch)
+    return shapes
+
+
+def batch_range(spec: TensorSpec, profile: ProfileShapes | None) -> tuple[int, int]:
+    """(fewest, most) frames one call of an engine with image input ``spec`` runs.
+
+    A static batch runs exactly that many; a dynamic one what its profile allows (1..1 with no
+    profile, which TensorRT would not build anyway).
+    """
+    if not spec.shape:
+        return BATCH, BATCH
+    if spec.shape[_BATCH_AXIS] > 0:
+        return spec.shape[_BATCH_AXIS], spec.shape[_BATCH_AXIS]
+    if profile is None:
+        return BATCH, BATCH
+    return profile.min[_BATCH_AXIS], profile.max[_BATCH_AXIS]
+
+
+def call_batch(planned: Sequence[int], shape: Sequence[int], low: int, high: int) -> int:
+    """The number of frames in an input of ``shape`` for an engine planned at ``planned`` that runs
+    ``low``..``high`` frames per call; ValueError when the engine cannot run it."""
+    rest = tuple(planned[1:])
+    if len(shape) != len(planned) or tuple(shape[1:]) != rest or not low <= shape[0] <= high:
+        frames = str(low) if low == high else f"{low}..{high}"
+        raise ValueError(f"input shape {_shape_text(shape)}, engine runs ({frames}, "
+                         f"{', '.join(str(d) for d in rest)})")
+    return int(shape[0])
 
 
 def plan_buffers(
@@ -332,6 +423,10 @@ def plan_buffers(
     resolved: Mapping[str, Sequence[int]] | None = None,
 ) -> BufferPlan:
     """Concrete shapes and byte sizes for every tensor of an engine.
+
+    A dynamic batch dimension is planned at the profile's maximum: buffers hold the largest call,
+    and a smaller batch uses their leading part (``BufferPlan.batch``; every output must then
+    lead with the batch, or no frame's slice could be cut from it).
 
     Args:
         specs: the engine's I/O tensors in its order.
@@ -365,7 +460,16 @@ def plan_buffers(
                     f"outputs whose size follows from the input size"
                 )
         planned.append(PlannedTensor(spec.name, spec.is_input, shape, spec.dtype, spec.is_input and spec.is_dynamic))
-    return BufferPlan(tuple(planned))
+    plan = BufferPlan(tuple(planned))
+    frames = plan.batch
+    if frames > BATCH:
+        for t in plan.outputs:
+            if not t.shape or t.shape[_BATCH_AXIS] != frames:
+                raise ValueError(
+                    f"output {t.name!r} has shape {_shape_text(t.shape)} at a batch of {frames}; a batched "
+                    f"engine's outputs must lead with the batch (one slice per frame)"
+                )
+    return plan
 
 
 def context_count(version: TrtVersion, dynamic_inputs: bool, profiles: int, requested: int) -> int:

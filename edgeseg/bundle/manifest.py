@@ -33,6 +33,9 @@ MANIFEST_NAME: Final = "manifest.json"
 BUNDLE_FORMAT: Final = "edgeseg-bundle"
 BUNDLE_VERSION: Final = 1
 
+#: The largest batch an engine record may name (as `pipeline.batch`, the frames gathered per call).
+MAX_ENGINE_BATCH: Final = 32
+
 Precision = Literal["fp32", "fp16", "int8"]
 Runtime = Literal["onnxruntime", "tensorrt"]
 #: How an int8 file was quantised: Q/DQ with symmetric activations (what TensorRT builds INT8
@@ -102,7 +105,15 @@ class AccuracyRecord(StrictModel):
 
 
 class EngineRecord(StrictModel):
-    """One file of the bundle that a backend can load."""
+    """One file of the bundle that a backend can load.
+
+    ``max_batch`` is the most frames one call of the engine takes: the batch an export with
+    ``--batch N`` built in (a symbolic batch dimension in the ONNX, the profile min 1 / opt N /
+    max N of a TensorRT plan, and what a device builds its plan from the ONNX with). It is 1 for
+    manifests written before batches existed and left out of the JSON when 1, so that such
+    bundles stay byte for byte what they were and older runtimes, which refuse unknown keys,
+    still read every batch-1 bundle.
+    """
 
     file: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -113,10 +124,18 @@ class EngineRecord(StrictModel):
     builder: BuilderRecord
     latency: Optional[LatencyRecord] = None
     accuracy: Optional[AccuracyRecord] = None
+    max_batch: int = Field(1, ge=1, le=MAX_ENGINE_BATCH, description="most frames one call of the engine takes")
 
     @property
     def runtime(self) -> Runtime:
         return self.builder.runtime
+
+    @model_serializer(mode="wrap")
+    def _leave_out_batch_of_one(self, handler: SerializerFunctionWrapHandler) -> Dict[str, Any]:
+        doc: Dict[str, Any] = handler(self)
+        if doc.get("max_batch") == 1:
+            doc.pop("max_batch", None)
+        return doc
 
 
 class SelfTestRecord(StrictModel):

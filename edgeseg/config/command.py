@@ -34,14 +34,15 @@ def schema_json() -> str:
 
 
 def check_sinks(config: Config) -> None:
-    """Every ``output.sinks`` entry names a registered kind (``create_sink`` says so only when the
-    pipeline starts, after the model has loaded; this says it now, without writing anything)."""
+    """Every ``output.sinks`` and ``cameras.N.sinks`` entry names a registered kind (``create_sink``
+    says so only when the pipeline starts, after the model has loaded; this says it now, without
+    writing anything)."""
     from edgeseg.sinks import sink_kind, sink_kinds
     from edgeseg.sources.uri import mask_credentials
 
-    for spec in config.output.sinks:
+    for field, spec in config.sink_specs():
         if sink_kind(spec) is None:
-            raise SinkError(f"output.sinks {mask_credentials(spec)!r}: expected KIND:PATH or a broker URI, "
+            raise SinkError(f"{field} {mask_credentials(spec)!r}: expected KIND:PATH or a broker URI, "
                             f"KIND one of {', '.join(sink_kinds())}")
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final, List, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 
 from edgeseg.errors import ConfigError
 from edgeseg.sources.uri import mask_credentials
@@ -40,6 +41,18 @@ _REDACTED: Final = "***"
 #: Errors that say "expected a section (a mapping)": their input is a whole section.
 _SECTION_TYPES: Final = frozenset({"model_type", "dict_type", "model_attributes_type"})
 _ELLIPSIS: Final = "..."
+
+
+#: The error type of ``rule_error``: a rule that spans fields, raised where the model is whole.
+RULE_ERROR_TYPE: Final = "edgeseg_rule"
+
+
+def rule_error(field: str, message: str) -> PydanticCustomError:
+    """An error to raise from a validator for a rule that spans fields (``cameras`` with
+    ``source.uri``), reported as ``field 'LOC.field': message``: ``field`` is the dotted path
+    below the validated model (pydantic gives a model validator's error no path of its own).
+    The message names what it needs (``cameras[0] and cameras[2]``), so the input is not echoed."""
+    return PydanticCustomError(RULE_ERROR_TYPE, "{message}", {"field": field, "message": message})
 
 
 #: What pydantic puts before the message of a ValueError raised in a validator.
@@ -154,6 +167,11 @@ def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
     inside one, is never shown.
     """
     loc = ".".join(safe_text(p, ECHO_MAX_CHARS) for p in error["loc"])
+    if error["type"] == RULE_ERROR_TYPE:
+        field = safe_text((error.get("ctx") or {}).get("field", ""), ECHO_MAX_CHARS)
+        name = ".".join(p for p in (prefix, loc, field) if p)
+        where = f"field '{name}'" if name else "(top level)"
+        return f"{where}: {safe_text(pydantic_message(error['msg']))}"
     name = ".".join(p for p in (prefix, loc) if p)
     where = f"field '{name}'" if name else "(top level)"
     if error["type"] == "extra_forbidden":

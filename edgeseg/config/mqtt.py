@@ -21,6 +21,11 @@ queued). With tracking on: ``.../events`` (one JSON event per message, QoS 1, qu
 ``.../events/<event_id>/snapshot`` (its JPEG, with ``publish_snapshots``) and
 ``.../zones/<zone>/<class>`` (the count, retained, queued). ``homeassistant`` adds Home
 Assistant MQTT discovery configs for those counts (``edgeseg.sinks.homeassistant``).
+
+Several cameras (``camera_topics``, resolved by ``Config.uses_camera_topics``): each camera's
+detections, events, snapshots and counts move one level down, to
+``<topic_prefix>/<device_id>/<camera>/...``, and ``.../<camera>/status`` says ``online`` or
+``offline`` (retained) as its stream comes and goes; ``available`` and ``stats`` stay the device's.
 """
 
 from __future__ import annotations
@@ -235,6 +240,11 @@ class MqttConfig(StrictModel):
     )
     homeassistant: HomeAssistantConfig = Field(
         default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery (off by default)"
+    )
+    camera_topics: Literal["auto", "on", "off"] = Field(
+        "auto", description="one topic level per camera: <topic_prefix>/<device_id>/<camera>/{detections,events,"
+        "zones,status}, with a retained online/offline status per camera; auto = on when the config has a "
+        "cameras: list or runs more than one camera; off = every camera on the device's topics",
     )
 
     # Cross-field checks are field validators on the later field, never a model validator: the

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, List, Literal, Optional
+from typing import Any, Final, List, Literal, Optional, Tuple
 
 from pydantic import Field, ValidationError, model_validator
 
 from edgeseg import MAX_IMAGE_PIXELS
 from edgeseg.config.adaptive import AdaptiveConfig
+from edgeseg.config.cameras import CameraConfig, CameraSpec, camera_specs, check_cameras
 from edgeseg.config.dashboard import DashboardConfig
 from edgeseg.config.engines import EnginesConfig
 from edgeseg.config.errors import describe_validation_error
@@ -133,6 +134,16 @@ class PipelineConfig(StrictModel):
         "workers x threads matches the cores)",
     )
     max_frames: int = Field(0, ge=0, description="stop after this many frames; 0 = until the source ends")
+    batch: int = Field(
+        1, ge=1, le=32,
+        description="most frames (of different cameras) gathered into one inference call; at most the "
+        "engine's batch size (a batch-1 engine takes them one at a time)",
+    )
+    gather_ms: float = Field(
+        5.0, ge=0.0, le=1000.0,
+        description="after a batch's first frame, how long the inference thread waits for other cameras' "
+        "frames before it runs a partial batch (a slow camera never delays the others longer); 0 = no wait",
+    )
 
 
 class ServiceConfig(StrictModel):
@@ -154,6 +165,12 @@ class Config(StrictModel):
     )
     source: SourceConfig = Field(
         default_factory=SourceConfig, description="where frames come from, and how a live source reconnects"
+    )
+    cameras: List[CameraConfig] = Field(
+        default_factory=list,
+        description="several cameras served by one process (one model, batched inference): each a uri with "
+        "its own name, source options, input size, thresholds, zones, lines and sinks; source: holds what "
+        "they inherit. Exclusive with source.uri (and top-level zones and lines); [] = none",
     )
     postprocess: PostprocessConfig = Field(
         default_factory=PostprocessConfig, description="decoding: score threshold, NMS, instance masks"
@@ -190,6 +207,11 @@ class Config(StrictModel):
     )
 
     @model_validator(mode="after")
+    def _cameras_rules(self) -> Config:
+        check_cameras(self)  # before the next: top-level zones with cameras say where zones belong
+        return self
+
+    @model_validator(mode="after")
     def _zones_need_the_tracker(self) -> Config:
         if (self.zones or self.lines) and not self.tracker.enabled:
             raise ValueError("zones and lines need the tracker: set tracker.enabled: true (or run --track)")
@@ -203,8 +225,30 @@ class Config(StrictModel):
         return self
 
     def camera_name(self) -> str:
-        """The camera's name: ``source.name``, or one derived from the URI."""
+        """The camera's name: ``source.name``, or one derived from the URI (with ``cameras:``, the
+        first camera's; ``camera_specs`` names them all)."""
+        if self.cameras:
+            return self.camera_specs()[0].name
         return self.source.name or camera_name(self.source.uri or "")
+
+    def camera_specs(self) -> List[CameraSpec]:
+        """Every camera, resolved (names final, ``source:`` defaults filled in), in config order;
+        without ``cameras:``, the one camera of ``source:``."""
+        return camera_specs(self)
+
+    def uses_camera_topics(self) -> bool:
+        """Whether MQTT topics carry a camera level (``mqtt.camera_topics``; ``auto``: when the
+        config has a ``cameras:`` list, so a one-source config keeps its topics)."""
+        mode = getattr(self.mqtt, "camera_topics", "auto")
+        return bool(self.cameras) if mode == "auto" else mode == "on"
+
+    def sink_specs(self) -> List[Tuple[str, str]]:
+        """Every output of the file with the field that names it: ``output.sinks`` (shared by
+        the cameras) and each camera's own ``cameras.N.sinks``."""
+        out = [("output.sinks", spec) for spec in self.output.sinks]
+        for i, camera in enumerate(self.cameras):
+            out.extend((f"cameras.{i}.sinks", spec) for spec in camera.sinks)
+        return out
 
     def source_options(self) -> SourceOptions:
         s = self.source
@@ -213,7 +257,8 @@ class Config(StrictModel):
         )
 
     def sink_options(self, append: bool = False) -> SinkOptions:
-        return SinkOptions(mask_format=self.output.mask_format, fps=self.output.video_fps, append=append)
+        return SinkOptions(mask_format=self.output.mask_format, fps=self.output.video_fps, append=append,
+                           camera_topics=self.uses_camera_topics())
 
 
 def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,18 @@ HTTP thread of a viewer that asks for a frame, at that viewer's pace: with no vi
 frame is ever drawn or encoded, and a slow viewer simply skips frames. Two viewers asking for the
 same frame share one encoding.
 
+Everything about frames is kept per camera (``FrameResult.camera``): the newest result and its
+encodings, the class totals, the latency samples, the zone occupancy and the line counts, so that
+a viewer of one camera sees only that camera. Results are numbered across all cameras (``seq``),
+so a number says which of two results is newer whatever their cameras. A query without a camera
+means the default one: the first configured (``set_overlay(cameras=...)``), else the first seen;
+with one camera everything reads as it did before cameras existed.
+
 When tracking is on (``FrameResult.analytics``), ``write`` also keeps the latest event messages
-in a bounded ring and counts line crossings (a few appends per frame); the zones, lines, track
-ids and trails are drawn by ``Overlay`` in the viewer's thread, like the instances. The zones
-and lines to draw come from the config through ``set_overlay``.
+(of every camera, in one bounded ring) and counts line crossings (a few appends per frame); the
+zones, lines, track ids and trails are drawn by ``Overlay`` in the viewer's thread, like the
+instances. The zones and lines to draw come from the config through ``set_overlay``: one set for
+every camera, or one per camera (``CameraSpec.zones``/``lines``).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Dict, Final, List, Literal, Optional, Tuple
+from typing import Any, Deque, Dict, Final, List, Literal, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -28,7 +36,7 @@ import numpy.typing as npt
 
 from edgeseg.analytics.types import Event
 from edgeseg.config.dashboard import DashboardConfig
-from edgeseg.dashboard.overlay import TRAIL_POINTS, Overlay
+from edgeseg.dashboard.overlay import TRAIL_POINTS, Overlay, camera_overlays
 from edgeseg.sinks.annotate import PALETTE_HEX, annotate
 from edgeseg.sinks.base import Sink
 from edgeseg.structures import FrameResult, ImageArray
@@ -51,8 +59,24 @@ LIGHT_DEPTH: Final = 6
 log = logging.getLogger("edgeseg.dashboard")
 
 
+class _CameraFeed:
+    """What the feed keeps of one camera; guarded by the feed's lock."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.latest: Optional[FrameResult] = None
+        self.seq = 0  # the feed-wide number of ``latest``
+        self.frames = 0  # results of this camera so far
+        self.class_names: Tuple[str, ...] = ()
+        self.totals: npt.NDArray[np.int64] = np.zeros(0, np.int64)
+        # (seq, end-to-end ms from capture to this sink, inference ms)
+        self.latency: Deque[Tuple[int, float, float]] = deque(maxlen=LATENCY_HISTORY)
+        self.line_totals: Dict[str, List[int]] = {}  # line name -> [in, out] since start
+        self.occupancy: Optional[Mapping[str, Mapping[str, int]]] = None  # the newest frame's, if tracked
+
+
 class DashboardSink(Sink):
-    """Keeps the newest frame result for the dashboard; encodes it lazily for viewers.
+    """Keeps the newest frame result of each camera for the dashboard; encodes it lazily for viewers.
 
     Args:
         jpeg_quality: quality of the encoded frames, 10..100.
@@ -60,6 +84,9 @@ class DashboardSink(Sink):
         overlay: the zones and lines drawn when a frame has analytics (``set_overlay``); default
             none (track ids and trails are still drawn).
         events_history: event messages kept for the events list, newest last.
+
+    Every viewer-side method takes ``camera``: a camera's name, or None for the default camera
+    (``default_camera``). A camera nothing was written for reads as no frame yet.
     """
 
     def __init__(
@@ -78,25 +105,21 @@ class DashboardSink(Sink):
         self.jpeg_quality = jpeg_quality
         self.max_width = max_width
         self._cond = threading.Condition(threading.Lock())
-        self._latest: FrameResult | None = None
+        self._cameras: Dict[str, _CameraFeed] = {}  # in the order first seen
+        self._configured: Tuple[str, ...] = ()
         self._seq = 0
         self._closed = False
-        self._class_names: tuple[str, ...] = ()
-        self._totals: npt.NDArray[np.int64] = np.zeros(0, np.int64)
-        # (seq, end-to-end ms from capture to this sink, inference ms)
-        self._latency: deque[tuple[int, float, float]] = deque(maxlen=LATENCY_HISTORY)
         self._encode_lock = threading.Lock()
-        self._encoded: dict[View, tuple[int, bytes]] = {}
+        self._encoded: Dict[Tuple[str, View], Tuple[int, bytes]] = {}
         self._viewers = 0
         #: Frames drawn and encoded so far (the cost a viewer adds; zero while nobody watches).
         self.encodes = 0
-        self._overlay = overlay or Overlay()
+        self._overlay = overlay or Overlay()  # for every camera without one of its own
+        self._overlays: Dict[str, Overlay] = {}
         self._overlay_failed = False
-        # (number, frame timestamp, event) of the newest event messages; numbered from 1.
-        self._events: deque[Tuple[int, float, Event]] = deque(maxlen=events_history)
+        # (number, frame timestamp, camera, event) of the newest event messages; numbered from 1.
+        self._events: Deque[Tuple[int, float, str, Event]] = deque(maxlen=events_history)
         self._event_seq = 0
-        self._line_totals: Dict[str, List[int]] = {}  # line name -> [in, out] since start
-        self._occupancy: Optional[Mapping[str, Mapping[str, int]]] = None  # the newest frame's, if tracked
 
     @classmethod
     def from_config(cls, config: DashboardConfig) -> DashboardSink:
@@ -116,25 +139,85 @@ class DashboardSink(Sink):
                 self._encoded.clear()  # encoded with the old settings
 
     def set_overlay(
-        self, zones: Iterable[Any] = (), lines: Iterable[Any] = (), trail_points: int = TRAIL_POINTS
+        self,
+        zones: Iterable[Any] = (),
+        lines: Iterable[Any] = (),
+        trail_points: int = TRAIL_POINTS,
+        cameras: Union[Mapping[str, Any], Iterable[Any], None] = None,
     ) -> None:
         """The zones and lines to draw over frames with analytics, from the next frame a viewer gets.
 
         Each zone or line is a config object with ``name``, ``points`` and ``coordinates``
         ("pixel" or "normalized": ``ZoneConfig``, ``LineConfig``), a mapping with those keys, or a
         tuple ``(name, points)`` (pixels) or ``(name, points, coordinates)``; normalised points are
-        scaled to each frame's size. ``ValueError`` naming ``zones[i]``/``lines[i]`` for one that
-        cannot be drawn (nothing is changed then). Line crossing counts so far are kept.
+        scaled to each frame's size.
+
+        ``cameras``: the configured cameras and the zones and lines of each, in config order: the
+        ``CameraSpec`` list (``Config.camera_specs()``), or a mapping name -> spec, mapping with
+        ``zones``/``lines`` or a ``(zones, lines)`` pair. Their names become the feed's configured
+        cameras (the first is the default one), and what was kept of a camera no longer listed is
+        forgotten (a camera removed at a reload). ``zones``/``lines`` then apply to any camera not
+        listed. Without ``cameras`` every camera draws ``zones``/``lines`` (one camera, as before).
+
+        ``ValueError`` naming ``zones[i]``/``lines[i]`` (and the camera) for a shape that cannot be
+        drawn; nothing is changed then. Line crossing counts so far are kept.
         """
         overlay = Overlay(zones, lines, trail_points)
+        per_camera = camera_overlays(cameras, trail_points) if cameras is not None else {}
         with self._encode_lock:
             self._overlay = overlay
+            self._overlays = per_camera
             self._overlay_failed = False
             self._encoded.clear()
+        if cameras is not None:
+            with self._cond:
+                self._configured = tuple(per_camera)
+                for name in [n for n in self._cameras if n not in per_camera]:
+                    del self._cameras[name]
+                self._cond.notify_all()
 
     @property
     def overlay(self) -> Overlay:
-        return self._overlay
+        """The overlay of the default camera."""
+        return self.overlay_for(self.default_camera())
+
+    def overlay_for(self, camera: Optional[str]) -> Overlay:
+        """The zones and lines drawn on ``camera``'s frames."""
+        return self._overlays.get(camera, self._overlay) if camera is not None else self._overlay
+
+    # -- cameras ------------------------------------------------------------------------------
+
+    def cameras(self) -> List[str]:
+        """Every camera's name: the configured ones in config order, then any other seen, in the
+        order first seen."""
+        with self._cond:
+            return self._names()
+
+    def _names(self) -> List[str]:
+        configured = set(self._configured)
+        return [*self._configured, *(n for n in self._cameras if n not in configured)]
+
+    def default_camera(self) -> Optional[str]:
+        """The camera a query without one means: the first configured, else the first seen;
+        None before either."""
+        with self._cond:
+            names = self._names()
+        return names[0] if names else None
+
+    def camera_frames(self) -> Dict[str, int]:
+        """Results written so far per camera seen."""
+        with self._cond:
+            return {name: cam.frames for name, cam in self._cameras.items()}
+
+    def _camera(self, camera: Optional[str]) -> Optional[_CameraFeed]:
+        """``camera``'s record (the default camera's for None); None while nothing was written for
+        it. Call with the lock held."""
+        if camera is None:
+            names = self._names()
+            if not names:
+                return None
+            camera = names[0]
+        return self._cameras.get(camera)
 
     # -- the pipeline side ------------------------------------------------------------------------
 
@@ -142,24 +225,30 @@ class DashboardSink(Sink):
         age_ms = (time.time() - result.frame.timestamp) * 1e3
         infer_ms = float(result.latency_ms.get("infer", 0.0))
         instances = result.instances
+        name = result.camera
         with self._cond:
-            if instances.class_names != self._class_names:
-                self._class_names = instances.class_names
-                self._totals = np.zeros(len(self._class_names), np.int64)
+            cam = self._cameras.get(name)
+            if cam is None:
+                cam = self._cameras[name] = _CameraFeed(name)
+            if instances.class_names != cam.class_names:
+                cam.class_names = instances.class_names
+                cam.totals = np.zeros(len(cam.class_names), np.int64)
             if len(instances):
-                self._totals += np.bincount(instances.class_ids, minlength=len(self._totals))
+                cam.totals += np.bincount(instances.class_ids, minlength=len(cam.totals))
             analytics = result.analytics
-            self._occupancy = None if analytics is None else analytics.zones.occupancy
+            cam.occupancy = None if analytics is None else analytics.zones.occupancy
             if analytics is not None:
                 for crossing in analytics.zones.crossings:
-                    totals = self._line_totals.setdefault(crossing.line, [0, 0])
+                    totals = cam.line_totals.setdefault(crossing.line, [0, 0])
                     totals[0 if crossing.direction == "in" else 1] += 1
                 for event in analytics.events:
                     self._event_seq += 1
-                    self._events.append((self._event_seq, result.frame.timestamp, event))
-            self._latest = result
+                    self._events.append((self._event_seq, result.frame.timestamp, name, event))
             self._seq += 1
-            self._latency.append((self._seq, age_ms, infer_ms))
+            cam.latest = result
+            cam.seq = self._seq
+            cam.frames += 1
+            cam.latency.append((self._seq, age_ms, infer_ms))
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -176,7 +265,7 @@ class DashboardSink(Sink):
 
     @property
     def seq(self) -> int:
-        """How many results have been written (the number of the newest one)."""
+        """How many results have been written, of every camera (the number of the newest one)."""
         return self._seq
 
     @property
@@ -191,38 +280,58 @@ class DashboardSink(Sink):
         with self._cond:
             self._viewers = max(0, self._viewers - 1)
 
-    def wait_newer(self, after_seq: int, timeout: float) -> tuple[int, FrameResult] | None:
-        """The newest result once its number exceeds ``after_seq``; None on timeout or close."""
+    def latest(self, camera: Optional[str] = None) -> Optional[Tuple[int, FrameResult]]:
+        """``camera``'s newest result and its number, or None before its first."""
         with self._cond:
-            self._cond.wait_for(lambda: self._seq > after_seq or self._closed, timeout)
-            if self._seq <= after_seq or self._latest is None:
-                return None
-            return self._seq, self._latest
+            cam = self._camera(camera)
+            return None if cam is None or cam.latest is None else (cam.seq, cam.latest)
 
-    def next_jpeg(self, after_seq: int, view: View = "result", timeout: float = 1.0) -> tuple[int, bytes] | None:
-        """The newest frame as JPEG once newer than ``after_seq``: (its number, the bytes).
+    def wait_newer(
+        self, after_seq: int, timeout: float, camera: Optional[str] = None
+    ) -> Optional[Tuple[int, FrameResult]]:
+        """``camera``'s newest result once its number exceeds ``after_seq``; None on timeout or close."""
+
+        def newer() -> Optional[_CameraFeed]:
+            cam = self._camera(camera)
+            return cam if cam is not None and cam.seq > after_seq and cam.latest is not None else None
+
+        with self._cond:
+            self._cond.wait_for(lambda: newer() is not None or self._closed, timeout)
+            cam = newer()
+            return None if cam is None or cam.latest is None else (cam.seq, cam.latest)
+
+    def next_jpeg(
+        self, after_seq: int, view: View = "result", timeout: float = 1.0, camera: Optional[str] = None
+    ) -> Optional[Tuple[int, bytes]]:
+        """``camera``'s newest frame as JPEG once newer than ``after_seq``: (its number, the bytes).
 
         None on timeout or once closed. Called from a viewer's thread, never the pipeline's.
         """
-        newest = self.wait_newer(after_seq, timeout)
+        newest = self.wait_newer(after_seq, timeout, camera)
         if newest is None:
             return None
         seq, result = newest
+        key = (result.camera, view)
         with self._encode_lock:
-            cached = self._encoded.get(view)
+            cached = self._encoded.get(key)
             if cached is not None and cached[0] >= seq:
                 return cached
             jpeg = self.encode(result, view)
-            self._encoded[view] = (seq, jpeg)
+            self._encoded[key] = (seq, jpeg)
             self.encodes += 1
             return seq, jpeg
 
+    def latest_jpeg(self, view: View = "result", camera: Optional[str] = None) -> Optional[Tuple[int, bytes]]:
+        """``camera``'s newest frame as JPEG, without waiting; None before its first."""
+        return self.next_jpeg(0, view, 0.0, camera)
+
     def render(self, result: FrameResult, view: View = "result") -> ImageArray:
         """``result`` as the stream shows it: the instances drawn (``annotate``) and, when the frame
-        has analytics, the track ids, zones, lines and trails over them (``Overlay``), scaled to
-        ``max_width``; for "input", the captured frame, scaled."""
+        has analytics, the track ids, zones, lines and trails over them (``Overlay``; the zones
+        and lines of the result's camera), scaled to ``max_width``; for "input", the captured
+        frame, scaled."""
         analytics = result.analytics if view == "result" else None
-        overlay = self._overlay
+        overlay = self.overlay_for(result.camera)
         image: npt.NDArray[Any] = result.frame.image
         if view == "result":
             image = annotate(image, result.instances)
@@ -236,7 +345,8 @@ class DashboardSink(Sink):
             if image is result.frame.image:  # never draw on the captured frame itself
                 image = image.copy()
             canvas = image
-            self._guarded(result, lambda: overlay.draw(canvas, result.frame.size, analytics, self.line_counts()))
+            counts = self.line_counts(result.camera)
+            self._guarded(result, lambda: overlay.draw(canvas, result.frame.size, analytics, counts))
         return image
 
     def _guarded(self, result: FrameResult, draw: Callable[[], None]) -> None:
@@ -257,23 +367,31 @@ class DashboardSink(Sink):
             raise ValueError(f"JPEG encoding failed for frame {result.frame.frame_id}")
         return buffer.tobytes()
 
-    def latency_since(self, after_seq: int, limit: int = 120) -> list[tuple[int, float, float]]:
-        """Up to ``limit`` newest (seq, end-to-end ms, inference ms) samples after ``after_seq``."""
+    def latency_since(
+        self, after_seq: int, limit: int = 120, camera: Optional[str] = None
+    ) -> List[Tuple[int, float, float]]:
+        """Up to ``limit`` newest (seq, end-to-end ms, inference ms) samples of ``camera`` after
+        ``after_seq``."""
         with self._cond:
-            samples = [s for s in self._latency if s[0] > after_seq]
+            cam = self._camera(camera)
+            samples = [] if cam is None else [s for s in cam.latency if s[0] > after_seq]
         return samples[-limit:]
 
-    def counts(self) -> dict[str, Any]:
-        """Instances per class in the newest frame and in every frame so far, most frequent first.
+    def counts(self, camera: Optional[str] = None) -> Dict[str, Any]:
+        """Instances per class of ``camera`` in its newest frame and in every frame so far, most
+        frequent first.
 
         ``{"frames": n, "classes": [{"id", "name", "color", "frame", "total"}, ...]}``, with the
-        class's colour as drawn on the stream (``#RRGGBB``).
+        class's colour as drawn on the stream (``#RRGGBB``); ``frames`` counts that camera's.
         """
         with self._cond:
-            latest = self._latest
-            totals = self._totals.copy()
-            names = self._class_names
-            frames = self._seq
+            cam = self._camera(camera)
+            if cam is None:
+                return {"frames": 0, "classes": []}
+            latest = cam.latest
+            totals = cam.totals.copy()
+            names = cam.class_names
+            frames = cam.frames
         in_frame: Counter[int] = Counter()
         if latest is not None:
             in_frame.update(int(c) for c in latest.instances.class_ids)
@@ -285,14 +403,17 @@ class DashboardSink(Sink):
         ]
         return {"frames": frames, "classes": classes}
 
-    def frame_info(self) -> dict[str, Any] | None:
-        """What the newest frame is: id, name, source, sizes, instance count, stage latencies."""
-        latest = self._latest
-        if latest is None:
+    def frame_info(self, camera: Optional[str] = None) -> Optional[Dict[str, Any]]:
+        """What ``camera``'s newest frame is: camera, id, name, source, sizes, instance count,
+        stage latencies."""
+        newest = self.latest(camera)
+        if newest is None:
             return None
+        seq, latest = newest
         frame = latest.frame
         return {
-            "seq": self._seq,
+            "seq": seq,
+            "camera": latest.camera,
             "frame_id": int(frame.frame_id),
             "name": frame.name,
             "source": frame.source,
@@ -311,47 +432,52 @@ class DashboardSink(Sink):
         """How many event messages have been written (the number of the newest one)."""
         return self._event_seq
 
-    def events_since(self, after: int = 0, limit: int = EVENTS_HISTORY) -> List[Dict[str, Any]]:
+    def events_since(
+        self, after: int = 0, limit: int = EVENTS_HISTORY, camera: Optional[str] = None
+    ) -> List[Dict[str, Any]]:
         """Up to ``limit`` of the kept event messages numbered above ``after``, newest first, each
-        as ``event_entry`` gives it."""
+        as ``event_entry`` gives it; those of every camera, or of ``camera`` when given."""
         with self._cond:
-            kept = [e for e in self._events if e[0] > after]
-        return [event_entry(n, t, e) for n, t, e in reversed(kept[-limit:])] if limit > 0 else []
+            kept = [e for e in self._events if e[0] > after and (camera is None or e[2] == camera)]
+        return [event_entry(n, t, e, c) for n, t, c, e in reversed(kept[-limit:])] if limit > 0 else []
 
-    def line_counts(self) -> Dict[str, Tuple[int, int]]:
-        """Line name -> (in, out) crossings since the start."""
+    def line_counts(self, camera: Optional[str] = None) -> Dict[str, Tuple[int, int]]:
+        """Line name -> (in, out) crossings of ``camera``'s lines since the start."""
         with self._cond:
-            return {name: (v[0], v[1]) for name, v in self._line_totals.items()}
+            cam = self._camera(camera)
+            return {} if cam is None else {name: (v[0], v[1]) for name, v in cam.line_totals.items()}
 
-    def zone_counts(self) -> Optional[Dict[str, Any]]:
-        """The zones' occupancy in the newest frame and the lines' crossing counts so far; None
-        while the newest frame has no analytics (tracking off).
+    def zone_counts(self, camera: Optional[str] = None) -> Optional[Dict[str, Any]]:
+        """``camera``'s zones' occupancy in its newest frame and its lines' crossing counts so far;
+        None while that frame has no analytics (tracking off).
 
         ``{"zones": [{"name", "color", "counts": {class: n}, "total"}], "lines": [{"name",
         "color", "in", "out"}]}``: configured zones and lines first, in config order, with their
         colour as drawn (``#RRGGBB``, null for one that is not configured), then any other seen.
         """
         with self._cond:
-            occupancy = self._occupancy
-        if occupancy is None:
-            return None
-        overlay = self._overlay
+            cam = self._camera(camera)
+            if cam is None or cam.occupancy is None:
+                return None
+            occupancy = cam.occupancy
+            name = cam.name
+        overlay = self.overlay_for(name)
         zone_names = [z.name for z in overlay.zones]
         zone_names += sorted(str(n) for n in occupancy if n not in set(zone_names))
         zones = []
-        for name in zone_names:
-            index = next((i for i, z in enumerate(overlay.zones) if z.name == name), None)
-            counts = {str(c): int(n) for c, n in (occupancy.get(name) or {}).items()}
-            zones.append({"name": name, "color": None if index is None else overlay.color("zone", index),
+        for zone_name in zone_names:
+            index = next((i for i, z in enumerate(overlay.zones) if z.name == zone_name), None)
+            counts = {str(c): int(n) for c, n in (occupancy.get(zone_name) or {}).items()}
+            zones.append({"name": zone_name, "color": None if index is None else overlay.color("zone", index),
                           "counts": counts, "total": sum(counts.values())})
-        totals = self.line_counts()
+        totals = self.line_counts(name)
         line_names = [ln.name for ln in overlay.lines]
         line_names += sorted(n for n in totals if n not in set(line_names))
         lines = []
-        for name in line_names:
-            index = next((i for i, ln in enumerate(overlay.lines) if ln.name == name), None)
-            went_in, went_out = totals.get(name, (0, 0))
-            lines.append({"name": name, "color": None if index is None else overlay.color("line", index),
+        for line_name in line_names:
+            index = next((i for i, ln in enumerate(overlay.lines) if ln.name == line_name), None)
+            went_in, went_out = totals.get(line_name, (0, 0))
+            lines.append({"name": line_name, "color": None if index is None else overlay.color("line", index),
                           "in": went_in, "out": went_out})
         return {"zones": zones, "lines": lines}
 
@@ -371,16 +497,18 @@ def _light(value: Any, depth: int = 0) -> Any:
     return str(value)
 
 
-def event_entry(number: int, timestamp: float, event: Event) -> Dict[str, Any]:
+def event_entry(number: int, timestamp: float, event: Event, camera: str = "") -> Dict[str, Any]:
     """One event message as the dashboard lists it.
 
-    ``{"seq", "time", "type", "event_id", "track_id", "reasons", "document"}``: ``seq`` numbers
-    the messages the feed received, ``time`` is the timestamp of the frame it came with, and
-    ``document`` is ``Event.document`` without masks, snapshots and paths (``HEAVY_KEYS``).
+    ``{"seq", "time", "camera", "type", "event_id", "track_id", "reasons", "document"}``: ``seq``
+    numbers the messages the feed received, ``time`` is the timestamp of the frame it came with,
+    ``camera`` the camera of that frame (else the document's), and ``document`` is
+    ``Event.document`` without masks, snapshots and paths (``HEAVY_KEYS``).
     """
     return {
         "seq": number,
         "time": round(float(timestamp), 3),
+        "camera": camera or str(event.document.get("camera") or ""),
         "type": event.type,
         "event_id": event.event_id,
         "track_id": int(event.track_id),

@@ -16,6 +16,9 @@ camera's resolution.
 - each confirmed track: its recent centroids as a trail (``Analytics.trails``) and, on the
   instance it matched this frame, the label ``#12 person 0.87`` in place of ``person 0.87``.
 
+Zones and lines may belong to a camera (``CameraSpec.zones``): ``camera_overlays`` makes one
+``Overlay`` per camera, and the feed draws each camera's frames with its own.
+
 The "in" side of a line is the right-hand side seen from its first point towards its second, as
 it appears on screen (``Crossing.direction``: "in" is a crossing from left to right).
 """
@@ -26,7 +29,7 @@ import math
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Dict, Final, List, Optional, Tuple
+from typing import Any, Dict, Final, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -251,6 +254,40 @@ class Overlay:
             x0, y0 = (int(round(float(v))) for v in instances.boxes[i, :2])
             text = f"{names[i]} {float(instances.scores[i]):.2f}"
             draw_label(canvas, f"#{track_id} {text}" if track_id >= 0 else text, x0, y0, class_color(class_id))
+
+
+def camera_overlays(
+    cameras: Union[Mapping[str, Any], Iterable[Any]], trail_points: int = TRAIL_POINTS
+) -> Dict[str, Overlay]:
+    """One ``Overlay`` per camera, in the order given.
+
+    ``cameras``: objects with ``name``, ``zones`` and ``lines`` (``CameraSpec``), or a mapping
+    camera name -> such an object, a mapping with ``zones``/``lines`` keys, or a ``(zones,
+    lines)`` pair. ``ValueError`` naming the camera and ``zones[i]``/``lines[i]`` for a shape
+    that cannot be drawn, or naming the entry that is none of these.
+    """
+    items = list(cameras.items()) if isinstance(cameras, Mapping) else [
+        (getattr(spec, "name", None), spec) for spec in cameras]
+    overlays: Dict[str, Overlay] = {}
+    for index, (name, spec) in enumerate(items):
+        if not isinstance(name, str):
+            raise ValueError(f"cameras[{index}]: expected a camera with a name (a CameraSpec), "
+                             f"got {type(spec).__name__}")
+        if isinstance(spec, Mapping):
+            zones, lines = spec.get("zones", ()), spec.get("lines", ())
+        elif isinstance(spec, tuple) and len(spec) == 2:
+            zones, lines = spec
+        elif hasattr(spec, "zones") or hasattr(spec, "lines"):
+            zones, lines = getattr(spec, "zones", ()), getattr(spec, "lines", ())
+        else:
+            raise ValueError(f"camera {name!r}: expected a camera spec, a mapping with zones and lines, "
+                             f"or (zones, lines), got {type(spec).__name__}")
+        try:
+            overlays[name] = Overlay(zones or (), lines or (), trail_points)
+        except ValueError as exc:
+            raise ValueError(f"camera {name!r}: {exc}") from None
+    return overlays
+
 
 def zone_label(name: str, counts: Optional[Mapping[str, int]]) -> str:
     """``entrance: person 2, car 1`` (classes inside, most numerous first), ``entrance: 0`` when

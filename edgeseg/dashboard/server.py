@@ -1,17 +1,28 @@
 """The dashboard's HTTP server: the page, the live stream, live statistics, controls, metrics.
 
     GET  /              the page (HTML with its script and style inlined: one request, no CDN)
-    GET  /stream.mjpg   multipart/x-mixed-replace JPEG stream of the newest frame (?view=input
-                        for the raw frames, ?fps= from STREAM_FPS_MIN up, capped at stream_fps),
-                        each viewer at its own pace
-    GET  /events        Server-Sent Events: one ``stats`` event per 1/events_hz s, and, when
-                        tracking is on, an ``events`` event with the event messages that came
-                        since the last one (the kept ones first, on connecting)
-    GET  /api/state     the same payload as one ``stats`` event, as JSON
-    GET  /api/events    the newest event messages, newest first (?limit=, 1..EVENTS_HISTORY)
-    GET  /api/zones     zone occupancy and line crossing counts (null before any analytics)
+    GET  /stream.mjpg   multipart/x-mixed-replace JPEG stream of a camera's newest frame
+                        (?camera=, ?view=input for the raw frames, ?fps= from STREAM_FPS_MIN up,
+                        capped at stream_fps), each viewer at its own pace
+    GET  /frame.jpg     a camera's newest frame as one JPEG (?camera=, ?view=): the page's grid
+                        of cameras polls it, holding no stream slot; 503 before its first frame
+    GET  /events        Server-Sent Events: one ``stats`` event per 1/events_hz s (?camera= for
+                        whose frame, counts, zones and latency), and, when tracking is on, an
+                        ``events`` event with the event messages of every camera that came since
+                        the last one (the kept ones first, on connecting)
+    GET  /api/state     the same payload as one ``stats`` event, as JSON (?camera=)
+    GET  /api/cameras   {"cameras": [...], "default": name}: each camera's name and statistics
+    GET  /api/events    the newest event messages, newest first (?limit=, 1..EVENTS_HISTORY;
+                        ?camera= for that camera's only)
+    GET  /api/zones     a camera's zone occupancy and line crossing counts (?camera=; null
+                        before any analytics)
     POST /api/control   JSON {conf_threshold, nms, resolution, source, paused}; 400 + one line
     GET  /metrics       Prometheus text exposition (from the ``metrics`` callable)
+
+Cameras: ``?camera=NAME`` picks one; without it a route means the default camera (the first
+configured, else the first seen). A name that is neither a camera of the pipeline
+(``cameras``) nor one the feed has seen gets 404 and one line naming it. With one camera
+nothing changes: every route answers as it did before cameras existed.
 
 Python's ``http.server.ThreadingHTTPServer`` in a daemon thread: one thread per connection,
 nothing to install, and a stream or event connection costs one mostly sleeping thread. A viewer
@@ -83,6 +94,7 @@ StatsFn = typing.Callable[[], typing.Mapping[str, Any]]
 MetricsFn = typing.Callable[[], str]
 SwitchesFn = typing.Callable[[], typing.Sequence[typing.Mapping[str, Any]]]
 SystemFn = typing.Callable[[], typing.Mapping[str, Any]]
+CamerasFn = typing.Callable[[], typing.Sequence[Any]]
 
 BOUNDARY: Final = "edgesegframe"
 MAX_BODY_BYTES: Final = 16 * 1024
@@ -122,6 +134,12 @@ DASHBOARD_NICE: Final = 10
 """Nice value of every dashboard thread: below the pipeline's stages (0 and 5), so that on a
 saturated CPU the viewers get what the pipeline leaves rather than taking from it."""
 LOOPBACK_HOST_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+CAMERA_NAME_MAX_CHARS: Final = 64
+"""Longest camera name (edgeseg.sources.camera_name: letters, digits, _ and -, 1..64)."""
+CAMERA_FIELDS: Final = ("name", "uri", "live", "online", "captured", "processed", "dropped", "skipped",
+                        "restarts", "fps")
+"""What /api/cameras gives of each camera: the fields of ``edgeseg.pipeline.cameras.CameraStats``
+(null for a camera the pipeline does not report), and ``frames``: results the dashboard got."""
 
 
 def _step_down() -> None:
@@ -269,15 +287,19 @@ class QueryParam:
 
 
 TOKEN_PARAM: Final = QueryParam("token", max_chars=TOKEN_MAX_LENGTH)
+CAMERA_PARAM: Final = QueryParam("camera", max_chars=CAMERA_NAME_MAX_CHARS)
+VIEW_PARAM: Final = QueryParam("view", choices=VIEWS)
 QUERY_PARAMS: Final[typing.Mapping[str, typing.Tuple[QueryParam, ...]]] = {
     "/": (TOKEN_PARAM,),
     "/index.html": (TOKEN_PARAM,),
-    "/stream.mjpg": (TOKEN_PARAM, QueryParam("view", choices=VIEWS),
+    "/stream.mjpg": (TOKEN_PARAM, CAMERA_PARAM, VIEW_PARAM,
                      QueryParam("fps", low=STREAM_FPS_MIN, high=STREAM_FPS_MAX)),
-    "/events": (TOKEN_PARAM,),
-    "/api/state": (TOKEN_PARAM,),
-    "/api/events": (TOKEN_PARAM, QueryParam("limit", low=1, high=EVENTS_HISTORY)),
-    "/api/zones": (TOKEN_PARAM,),
+    "/frame.jpg": (TOKEN_PARAM, CAMERA_PARAM, VIEW_PARAM),
+    "/events": (TOKEN_PARAM, CAMERA_PARAM),
+    "/api/state": (TOKEN_PARAM, CAMERA_PARAM),
+    "/api/cameras": (TOKEN_PARAM,),
+    "/api/events": (TOKEN_PARAM, CAMERA_PARAM, QueryParam("limit", low=1, high=EVENTS_HISTORY)),
+    "/api/zones": (TOKEN_PARAM, CAMERA_PARAM),
     "/api/control": (TOKEN_PARAM,),  # refused by authorize() on POST, but bounded all the same
     "/metrics": (TOKEN_PARAM,),
 }
@@ -463,7 +485,8 @@ def _csp_hash(text: str) -> str:
 
 @dataclass(frozen=True)
 class Page:
-    """index.html with app.js and style.css inlined, and the CSP that allows exactly those."""
+    """index.html with app.js and style.css inlined, and the CSP that allows exactly those (and
+    images from this server, or made by the page's script from frames it fetched: ``blob:``)."""
 
     html: bytes
     csp: str
@@ -476,10 +499,37 @@ class Page:
         html = html.replace("<!-- SCRIPT -->", f"<script>{script}</script>", 1)
         csp = (
             f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; "
-            "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+            "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
             "frame-ancestors 'none'"
         )
         return cls(html.encode("utf-8"), csp)
+
+
+# -- cameras ----------------------------------------------------------------------------------
+
+
+class UnknownCamera(LookupError):
+    """A query names a camera that is not one; the message is the one-line 404 reason."""
+
+    def __init__(self, name: str, known: typing.Sequence[str]):
+        shown = ", ".join(known[:16]) + (", ..." if len(known) > 16 else "") if known else "none yet"
+        super().__init__(f"camera: no camera named {_shown(name, CAMERA_NAME_MAX_CHARS)} (cameras: {shown})")
+        self.name = name
+
+
+def camera_fields(stats: Any) -> typing.Dict[str, Any]:
+    """The ``CAMERA_FIELDS`` of one camera's statistics: a ``CameraStats`` (or any object with
+    those attributes), or a mapping with those keys; absent ones are null."""
+    if isinstance(stats, Mapping):
+        entry = {k: stats.get(k) for k in CAMERA_FIELDS}
+    else:
+        entry = {k: getattr(stats, k, None) for k in CAMERA_FIELDS}
+    entry["name"] = str(entry["name"] if entry["name"] is not None else "")
+    if isinstance(entry["fps"], (int, float)) and not isinstance(entry["fps"], bool):
+        entry["fps"] = round(float(entry["fps"]), 2)
+    if isinstance(entry["uri"], str):
+        entry["uri"] = mask_credentials(entry["uri"])  # masked by the pipeline already; to be sure
+    return entry
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -516,6 +566,10 @@ class DashboardServer:
             (``SystemMonitor``). A telemetry snapshot of ``edgeseg.monitor`` (its ``as_dict()``,
             recognised by its ``readings``) is accepted as it is.
         token: overrides the config's token (tests); default ``config.resolve_token()``.
+        cameras: the running pipeline's cameras (``Pipeline.cameras()``: ``CameraStats``, or
+            mappings with the same keys), in config order; may raise while the daemon reloads.
+            None: the cameras are those the feed knows (configured through its ``set_overlay``,
+            or seen), without statistics.
 
     Starting is two steps where a reload needs them apart (``edgeseg.service.outputs``):
     ``bind`` opens the listening socket (what can fail: the port is taken, the address is
@@ -534,6 +588,7 @@ class DashboardServer:
         switches: Optional[SwitchesFn] = None,
         system: Optional[SystemFn] = None,
         token: Optional[str] = None,
+        cameras: Optional[CamerasFn] = None,
     ):
         self.config = config
         self.feed = feed
@@ -541,6 +596,7 @@ class DashboardServer:
         self.stats = stats
         self.metrics = metrics
         self.switches = switches
+        self.cameras = cameras
         resolved = token if token is not None else config.resolve_token()
         self._access = Access(_clean_token(resolved), config.loopback)
         self.page = Page.load()
@@ -707,8 +763,40 @@ class DashboardServer:
             self._system_cache = (time.monotonic(), reading)
         return reading
 
-    def state(self, latency_after: int = 0) -> dict[str, Any]:
-        """One statistics payload: what /events sends and /api/state answers."""
+    def camera_list(self) -> typing.List[typing.Dict[str, Any]]:
+        """Every camera, pipeline's first (config order), then any other the feed knows: the
+        ``CAMERA_FIELDS`` of each (null where the pipeline reports nothing) and ``frames``."""
+        reported: typing.List[typing.Dict[str, Any]] = []
+        if self.cameras is not None:
+            try:
+                reported = [camera_fields(c) for c in self.cameras()]
+            except Exception as exc:  # the daemon between two pipelines (reload), or not started
+                log.debug("cameras() failed: %s", exc)
+        frames = self.feed.camera_frames()
+        known = {c["name"] for c in reported}
+        reported += [{**dict.fromkeys(CAMERA_FIELDS), "name": name}
+                     for name in self.feed.cameras() if name not in known]
+        for entry in reported:
+            entry["frames"] = frames.get(entry["name"], 0)
+        return reported
+
+    def camera_names(self) -> typing.List[str]:
+        return [c["name"] for c in self.camera_list()]
+
+    def resolve_camera(self, name: Optional[str]) -> Optional[str]:
+        """The camera a query means: ``name`` when it is one (``UnknownCamera`` when not), the
+        default camera for None or "", or None while no camera is known yet."""
+        names = self.camera_names()
+        if not name:
+            return names[0] if names else None
+        if name not in names:
+            raise UnknownCamera(name, names)
+        return name
+
+    def state(self, latency_after: int = 0, camera: Optional[str] = None) -> dict[str, Any]:
+        """One statistics payload: what /events sends and /api/state answers. ``frame``,
+        ``counts``, ``zones`` and ``latency`` are ``camera``'s (a resolved name; None: the feed's
+        default camera); ``cameras`` lists every camera (``camera_list``)."""
         try:
             stats: Mapping[str, Any] | None = self.stats()
             stats_error = None
@@ -729,12 +817,14 @@ class DashboardServer:
             "stats": None if stats is None else dict(stats),
             "stats_error": stats_error,
             "controls": None if controls is None else dict(controls),
-            "frame": self.feed.frame_info(),
-            "counts": self.feed.counts(),
-            "zones": self.feed.zone_counts(),
+            "camera": camera if camera is not None else self.feed.default_camera(),
+            "cameras": self.camera_list(),
+            "frame": self.feed.frame_info(camera),
+            "counts": self.feed.counts(camera),
+            "zones": self.feed.zone_counts(camera),
             "latency": [
                 [seq, round(e2e, 2), round(infer, 2)]
-                for seq, e2e, infer in self.feed.latency_since(latency_after, LATENCY_SAMPLES_PER_EVENT)
+                for seq, e2e, infer in self.feed.latency_since(latency_after, LATENCY_SAMPLES_PER_EVENT, camera)
             ],
             "switches": switches,
             "system": dict(self.system_reading()),
@@ -869,6 +959,12 @@ class _Handler(BaseHTTPRequestHandler):
             except QueryError as exc:
                 self._error(HTTPStatus.BAD_REQUEST, str(exc))
                 return
+            if "camera" in query:  # resolved once: every route gets a camera's name, or None
+                try:
+                    query["camera"] = self.app.resolve_camera(query["camera"])
+                except UnknownCamera as exc:
+                    self._error(HTTPStatus.NOT_FOUND, str(exc))
+                    return
             route(query)
         # socket.timeout, not TimeoutError: they are one class only from Python 3.10 (3.8 is supported).
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
@@ -886,8 +982,10 @@ class _Handler(BaseHTTPRequestHandler):
             "/": self._page,
             "/index.html": self._page,
             "/stream.mjpg": self._stream,
+            "/frame.jpg": self._frame,
             "/events": self._events,
             "/api/state": self._state,
+            "/api/cameras": self._cameras,
             "/api/events": self._recent_events,
             "/api/zones": self._zones,
             "/metrics": self._metrics,
@@ -895,7 +993,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._dispatch({"/": self._page, "/index.html": self._page, "/api/state": self._state,
-                        "/api/events": self._recent_events, "/api/zones": self._zones})
+                        "/api/cameras": self._cameras, "/api/events": self._recent_events,
+                        "/api/zones": self._zones})
 
     def do_POST(self) -> None:
         self._dispatch({"/api/control": self._control})
@@ -906,15 +1005,37 @@ class _Handler(BaseHTTPRequestHandler):
         page = self.app.page
         self._send(HTTPStatus.OK, page.html, "text/html; charset=utf-8", {"Content-Security-Policy": page.csp})
 
-    def _state(self, _query: Mapping[str, Any]) -> None:
-        self._json(HTTPStatus.OK, self.app.state())
+    def _camera(self, query: Mapping[str, Any]) -> Optional[str]:
+        """The camera a route serves: the one asked for (resolved by ``_dispatch``), else the
+        default camera now (None while none is known: the feed's default, when one comes)."""
+        if "camera" in query:
+            return typing.cast(Optional[str], query["camera"])
+        return self.app.resolve_camera(None)
+
+    def _state(self, query: Mapping[str, Any]) -> None:
+        self._json(HTTPStatus.OK, self.app.state(camera=self._camera(query)))
+
+    def _cameras(self, _query: Mapping[str, Any]) -> None:
+        cameras = self.app.camera_list()
+        self._json(HTTPStatus.OK, {"cameras": cameras, "default": cameras[0]["name"] if cameras else None})
 
     def _recent_events(self, query: Mapping[str, Any]) -> None:
         limit = int(query.get("limit", EVENTS_DEFAULT_LIMIT))
-        self._json(HTTPStatus.OK, {"events": self.app.feed.events_since(0, limit)})
+        camera = query.get("camera")  # the events of every camera unless one is asked for
+        self._json(HTTPStatus.OK, {"events": self.app.feed.events_since(0, limit, camera)})
 
-    def _zones(self, _query: Mapping[str, Any]) -> None:
-        self._json(HTTPStatus.OK, self.app.feed.zone_counts())
+    def _zones(self, query: Mapping[str, Any]) -> None:
+        self._json(HTTPStatus.OK, self.app.feed.zone_counts(self._camera(query)))
+
+    def _frame(self, query: Mapping[str, Any]) -> None:
+        view: View = "input" if query.get("view") == "input" else "result"
+        camera = self._camera(query)
+        got = self.app.feed.latest_jpeg(view, camera)
+        if got is None:
+            shown = "" if camera is None else f" of camera {_shown(camera, CAMERA_NAME_MAX_CHARS)}"
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, f"no frame yet{shown}", {"Retry-After": "1"})
+            return
+        self._send(HTTPStatus.OK, got[1], "image/jpeg")
 
     def _metrics(self, _query: Mapping[str, Any]) -> None:
         if self.app.metrics is None:
@@ -1014,6 +1135,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, query: Mapping[str, Any]) -> None:
         view: View = "input" if query.get("view") == "input" else "result"
+        camera = self._camera(query)
         fps = min(self.app.config.stream_fps, float(query.get("fps", STREAM_FPS_MAX)))
         period = 1.0 / fps
         feed = self.app.feed
@@ -1033,15 +1155,19 @@ class _Handler(BaseHTTPRequestHandler):
                     if self._client_gone() or self._revoked():
                         break
                     started = time.monotonic()
-                    got = feed.next_jpeg(last, view, timeout=POLL_S)
+                    got = feed.next_jpeg(last, view, timeout=POLL_S, camera=camera)
                     if got is None:
                         if jpeg is not None and time.monotonic() - sent >= STREAM_KEEPALIVE_S:
                             self.wfile.write(mjpeg_part(jpeg))  # keepalive: the newest frame again
                             self.wfile.flush()
                             sent = time.monotonic()
                         continue
+                    first = jpeg is None
                     last, jpeg = got
-                    self.wfile.write(mjpeg_part(jpeg))
+                    # The first frame twice: a browser shows a part once the next one begins,
+                    # and a quiet camera (a paused pipeline, an ended file) may send none for
+                    # STREAM_KEEPALIVE_S; so a viewer sees the camera at once, not seconds later.
+                    self.wfile.write(mjpeg_part(jpeg) * (2 if first else 1))
                     self.wfile.flush()
                     sent = time.monotonic()
                     if self._linger(period - (sent - started)):
@@ -1049,8 +1175,9 @@ class _Handler(BaseHTTPRequestHandler):
             finally:
                 feed.remove_viewer()
 
-    def _events(self, _query: Mapping[str, Any]) -> None:
+    def _events(self, query: Mapping[str, Any]) -> None:
         period = 1.0 / self.app.config.events_hz
+        asked = query.get("camera")  # else the default camera at each event: it may come later
         with self.app.slot("events") as granted:
             if not granted:
                 self._error(HTTPStatus.SERVICE_UNAVAILABLE, f"at most {self.app.config.max_viewers} event streams")
@@ -1062,7 +1189,7 @@ class _Handler(BaseHTTPRequestHandler):
             latency_after = max(0, feed.seq - LATENCY_SAMPLES_PER_EVENT)
             events_after = 0  # the kept event messages first, then each new one once
             while not self.app.stopping and not self._revoked():
-                payload = self.app.state(latency_after)
+                payload = self.app.state(latency_after, asked if asked is not None else self.app.resolve_camera(None))
                 if payload["latency"]:
                     latency_after = payload["latency"][-1][0]
                 event_id += 1

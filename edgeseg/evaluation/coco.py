@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeseg.app import build_pipeline, build_processor, open_model
+from edgeseg.app import build_processor, open_model, pipeline_options
 from edgeseg.config import Config
 from edgeseg.errors import EvalError
 from edgeseg.evaluation.coco_json import read_coco_json
 from edgeseg.model import Model
+from edgeseg.pipeline.runner import Pipeline
 from edgeseg.progress import progress_bar
 from edgeseg.sinks.coco import CocoResultsSink
 from edgeseg.sources.fsnames import is_dir_or_raise, is_file_or_false, printable_name
@@ -131,7 +132,7 @@ def evaluate(
         source = ImageSource(str(images), [images / str(im["file_name"]) for im in present], config.source_options())
         processor = build_processor(config, model)
         with progress_bar(len(present) if progress else 0, "eval") as bar:
-            build_pipeline(config, source, processor, [sink], on_result=lambda _r: bar.update(1)).run()
+            Pipeline(source, processor, [sink], on_result=lambda _r: bar.update(1), **pipeline_options(config)).run()
         sink.close()
         source.close()
     finally:

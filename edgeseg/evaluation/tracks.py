@@ -204,7 +204,7 @@ def evaluate_tracks(config: Config, truth_path: str | Path, progress: bool = Tru
                     results[result.frame.frame_id] = result.instances
                 bar.update(1)
 
-            build_pipeline(config, runtime.source, runtime.processor, runtime.sinks, on_result=keep).run()
+            build_pipeline(config, runtime, on_result=keep).run()
     finally:
         runtime.close()
     if not results:

@@ -82,6 +82,8 @@ class Source:
     resolution: Tuple[int, int]
     #: The file itself computes in fp16 (an FP16 ONNX), which TensorRT 11 needs for fp16 plans.
     fp16: bool = False
+    #: Frames one call takes (the export's ``--batch``): the plan's profile is min 1 / opt / max this.
+    max_batch: int = 1
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ def onnx_sources(manifest: Manifest) -> Dict[Tuple[int, str], Source]:
     for e in manifest.engines:
         if e.runtime != "onnxruntime" or not e.file.endswith(".onnx"):
             continue
-        src = Source(e.file, e.sha256, e.resolution, fp16=e.precision == "fp16")
+        src = Source(e.file, e.sha256, e.resolution, fp16=e.precision == "fp16", max_batch=e.max_batch)
         size = max(e.resolution)
         if e.precision == "fp32" and e.quantization is None:
             out.setdefault((size, "fp32"), src)
@@ -377,7 +379,7 @@ def build_plans(
                     with _heartbeat(say, label, heartbeat_s):
                         record = builder(bundle_dir / req.source.file, stage.plan_path(req.name), req.precision,
                                          workspace_mib=workspace_mib, timing_cache=stage.timing_cache,
-                                         resolution=req.source.resolution)
+                                         resolution=req.source.resolution, max_batch=req.source.max_batch)
                 except Exception as exc:  # noqa: BLE001 - TensorRT's own errors too: one line, next plan
                     line = one_line(exc)
                     report.failed.append(f"{req.file}: {line}")
@@ -389,6 +391,7 @@ def build_plans(
                     file=req.file, sha256=sha, bytes=nbytes, resolution=req.source.resolution,
                     precision=req.precision,
                     quantization=INT8_QUANTIZATION if req.precision == "int8" else None, builder=record,
+                    max_batch=req.source.max_batch,
                 )
                 verdict = selftest(bundle_dir, manifest, engine, stage.plan_path(req.name)) if selftest else None
                 if verdict is not None and not verdict.passed:

@@ -8,6 +8,9 @@
   histograms with fixed buckets (``stage_latency_seconds``, from ``StageHistograms``, which must
   see every result) and the recent median per stage (``stage_latency_median_seconds``);
 * what runs: ``info`` (model, backend, engine file, precision; value 1) and the input size;
+* per camera (when the pipeline has ``cameras()``, a list of ``CameraStats``): frames captured,
+  processed, dropped and skipped, restarts (counters), online and recent FPS (gauges), each
+  labelled ``camera``, beside the totals above (``camera_families``);
 * the adaptive picker (when given): size, effort level, switches, the goal, the measured figure,
   and the resolution-performance table (``adaptive_table_latency_seconds``: seed, measured and
   predicted latency per size);
@@ -32,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from edgeseg.bundle.selftest import LEDGER, LedgerCounts
 from edgeseg.monitor.telemetry import TelemetrySnapshot, readings_by_name
@@ -246,6 +249,35 @@ def _pipeline_families(reg: Registry, pipeline: Pipeline, histograms: StageHisto
                   summaries[stage].median / MS_PER_S, {"stage": stage})
 
 
+CAMERA_COUNTERS: Final = (
+    ("captured", "camera_frames_captured_total", "frames read from each camera"),
+    ("processed", "camera_frames_processed_total", "frames of each camera through every stage"),
+    ("dropped", "camera_frames_dropped_total",
+     "live frames of each camera dropped because inference was busy (newest kept)"),
+    ("skipped", "camera_frames_skipped_total", "unreadable items of each camera's source skipped"),
+    ("restarts", "camera_restarts_total", "times each camera's capture was restarted (reconnects, watchdog)"),
+)
+"""(CameraStats field, family name, help) of the per-camera counters."""
+
+
+def camera_families(reg: Registry, cameras: Iterable[Any]) -> None:
+    """Per-camera families from ``CameraStats``-like objects (``name``, the counters,
+    ``online``, ``fps``; read by attribute so that any object of that shape will do)."""
+    shown = list(cameras)
+    if not shown:
+        return
+    for field_name, family, help_text in CAMERA_COUNTERS:
+        fam = reg.family(family, help_text, "counter")
+        for cam in shown:
+            fam.add(float(getattr(cam, field_name)), (("camera", str(cam.name)),))
+    online = reg.family("camera_online", "1 while a camera's stream is up, 0 while it is down or retrying", "gauge")
+    for cam in shown:
+        online.add(1 if cam.online else 0, (("camera", str(cam.name)),))
+    fps = reg.family("camera_fps", "frames per second of each camera, over the last few seconds", "gauge")
+    for cam in shown:
+        fps.add(float(cam.fps), (("camera", str(cam.name)),))
+
+
 def _model_families(reg: Registry, model: Model, input_size: tuple[int, int]) -> None:
     engine = model.engine
     reg.gauge("info", "what runs: model, backend, engine file and precision (value 1)", 1, {
@@ -322,7 +354,8 @@ def render_metrics(
     """The ``/metrics`` page.
 
     Args:
-        pipeline: counters, drops and stage windows (and the processor's model and input size).
+        pipeline: counters, drops and stage windows (and the processor's model and input size);
+            its ``cameras()``, when it has one, gives the per-camera families.
         model: the model to describe (default: the pipeline processor's current one).
         histograms: per-stage histograms and the recent FPS, fed with every result.
         adaptive: the adaptive controller, when the picker runs.
@@ -334,6 +367,9 @@ def render_metrics(
     reg = Registry()
     if pipeline is not None:
         _pipeline_families(reg, pipeline, histograms)
+        cameras = getattr(pipeline, "cameras", None)  # a multi-camera pipeline: per-camera families
+        if callable(cameras):
+            camera_families(reg, cameras())
     elif histograms is not None:
         reg.gauge("fps", "frames per second over the recent window", histograms.recent_fps())
     processor: Any = getattr(pipeline, "processor", None)

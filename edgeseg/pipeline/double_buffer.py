@@ -26,7 +26,8 @@ class DoubleBuffer(Generic[T]):
 
     def __init__(self, newest_only: bool = False, on_drop: Callable[[T], None] | None = None):
         self.newest_only = newest_only
-        self._on_drop = on_drop
+        #: Gets each dropped item (pooled memory goes back); settable until the first put.
+        self.on_drop = on_drop
         self._slots: deque[T] = deque()
         self._lock = threading.Lock()
         self._filled = threading.Condition(self._lock)
@@ -50,8 +51,8 @@ class DoubleBuffer(Generic[T]):
                     return False
             self._slots.append(item)
             self._filled.notify()
-        if dropped is not None and self._on_drop is not None:
-            self._on_drop(dropped)
+        if dropped is not None and self.on_drop is not None:
+            self.on_drop(dropped)
         return True
 
     def get(self, timeout: float | None = None) -> T | None:

@@ -8,14 +8,21 @@ postprocesses into a FrameResult. The threaded pipeline and the plain sequential
 Each Work carries the Model it was prepared for, so the model may be switched between frames
 (the adaptive picker does): a frame in flight is inferred and decoded with the model its tensor
 was sized for, never with the new one.
+
+Several cameras share one processor (one model, one set of postprocessing settings as the
+Session sets them); what differs per camera travels with its frames as a ``CameraSetup``: its own
+tensor pool (a flooding camera waits on its own pool, never on the others'), a fixed model where
+the camera pins a resolution, the postprocessing fields it overrides, and its own analytics.
+``infer_batch`` runs the frames of several cameras in one backend call per model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +31,7 @@ from edgeseg.decode.prototype import decode_prototype_outputs
 from edgeseg.geometry import Letterbox
 from edgeseg.model import Model, ModelSpec
 from edgeseg.postprocess import Postprocessor
+from edgeseg.postprocess.settings import PostprocessSettings
 from edgeseg.preprocess import Preprocessor, Tensor
 from edgeseg.structures import Frame, FrameResult
 
@@ -34,6 +42,30 @@ if TYPE_CHECKING:
 
 def _ms_since(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
+
+
+@dataclass(frozen=True, eq=False)
+class CameraSetup:
+    """What one camera brings to the shared per-frame work.
+
+    Attributes:
+        name: the camera's name (every result and event carries it).
+        preprocessor: the camera's own tensor pool (owned by its capture thread).
+        model: a fixed model for this camera (it pins a resolution); None follows the shared one.
+        overrides: postprocessing fields this camera sets itself (``PostprocessSettings`` field
+            name to value); they replace the shared effective settings for its frames.
+        analytics: the camera's tracker, zones and events; None without tracking.
+    """
+
+    name: str
+    preprocessor: Preprocessor
+    model: Optional[Model] = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    analytics: Optional[AnalyticsStage] = None
+
+    def settings(self, shared: PostprocessSettings) -> PostprocessSettings:
+        """The shared effective settings with this camera's own fields put in."""
+        return dataclasses.replace(shared, **self.overrides) if self.overrides else shared
 
 
 @dataclass
@@ -49,6 +81,8 @@ class Work:
     seq: int = -1
     #: The model this frame was prepared for (its backend infers it, its spec decodes it).
     model: Optional[Model] = None
+    #: The camera the frame came from (None: the processor's own pool, settings and analytics).
+    camera: Optional[CameraSetup] = None
 
 
 class FrameProcessor:
@@ -103,23 +137,30 @@ class FrameProcessor:
         """Prepare the next frames for ``model`` (at its own input size unless one is given)."""
         self._active = (model, input_size or model.spec.input_size)
 
-    def prepare(self, frame: Frame, timeout: float | None = None) -> Work | None:
+    def prepare(self, frame: Frame, timeout: float | None = None, camera: Optional[CameraSetup] = None) -> Work | None:
         """Letterbox ``frame`` into a pooled tensor; None if no pooled tensor freed in time.
 
-        The wait for a free tensor is back-pressure from downstream and is not timed.
+        The wait for a free tensor is back-pressure from downstream and is not timed. ``camera``:
+        the camera's pool and fixed model are used instead of the processor's.
         """
         model, input_size = self._active
-        tensor = self.preprocessor.acquire(input_size, timeout)
+        if camera is not None and camera.model is not None:
+            model, input_size = camera.model, camera.model.spec.input_size
+        preprocessor = self._preprocessor_of(camera)
+        tensor = preprocessor.acquire(input_size, timeout)
         if tensor is None:
             return None
         t0 = time.perf_counter()
-        letterbox = self.preprocessor.fill(frame.image, tensor)
-        return Work(frame, letterbox, tensor, latency_ms={"preprocess": _ms_since(t0)}, model=model)
+        letterbox = preprocessor.fill(frame.image, tensor)
+        return Work(frame, letterbox, tensor, latency_ms={"preprocess": _ms_since(t0)}, model=model, camera=camera)
+
+    def _preprocessor_of(self, camera: Optional[CameraSetup]) -> Preprocessor:
+        return self.preprocessor if camera is None else camera.preprocessor
 
     def release(self, work: Work) -> None:
         """Return the work's tensor to its pool (after inference, or when the frame is dropped)."""
         if work.tensor is not None:
-            self.preprocessor.release(work.tensor)
+            self._preprocessor_of(work.camera).release(work.tensor)
             work.tensor = None
 
     def infer(self, work: Work) -> Work:
@@ -134,9 +175,38 @@ class FrameProcessor:
         work.latency_ms["infer"] = _ms_since(t0)
         return work
 
+    def infer_batch(self, works: Sequence[Work]) -> Sequence[Work]:
+        """Run the frames of several cameras: one backend call per model among them (frames of a
+        camera that pins its own resolution, or prepared before a switch, form their own group).
+
+        Each frame's ``infer`` latency is its share of its group's call (call time / frames), the
+        inference cost the frame added, which is what the picker's load figures add up.
+        """
+        if len(works) == 1:
+            return [self.infer(works[0])]
+        groups: Dict[int, List[Work]] = {}
+        for work in works:
+            assert work.tensor is not None, "infer called twice on one frame"
+            groups.setdefault(id(work.model or self.model), []).append(work)
+        for group in groups.values():
+            backend = (group[0].model or self.model).backend
+            t0 = time.perf_counter()
+            try:
+                stacked = np.concatenate([w.tensor for w in group if w.tensor is not None], axis=0)
+            finally:
+                for w in group:
+                    self.release(w)
+            outputs = backend.infer_batch(stacked)
+            share = _ms_since(t0) / len(group)
+            for w, out in zip(group, outputs):
+                w.outputs = out
+                w.latency_ms["infer"] = share
+        return works
+
     def finish(self, work: Work) -> FrameResult:
         """Decode and postprocess the outputs into instances in original-image pixels."""
-        settings = self.postprocessor.settings
+        camera = work.camera
+        settings = self.postprocessor.settings if camera is None else camera.settings(self.postprocessor.settings)
         spec = (work.model or self.model).spec
         t0 = time.perf_counter()
         candidates = decode_prototype_outputs(
@@ -158,13 +228,17 @@ class FrameProcessor:
             model=spec.name,
             resolution=work.letterbox.input_size,
             latency_ms=work.latency_ms,
+            camera="" if camera is None else camera.name,
         )
-        if self.analytics is not None:
+        analytics = self.analytics if camera is None else camera.analytics
+        if analytics is not None:
             t2 = time.perf_counter()
-            result = self.analytics(result)
+            result = analytics(result)
             work.latency_ms["analytics"] = _ms_since(t2)
         return result
 
-    def finish_analytics(self) -> Tuple[Event, ...]:
-        """At the end of a run: the ``end`` of every open event (none without analytics)."""
-        return self.analytics.finish() if self.analytics is not None else ()
+    def finish_analytics(self, camera: Optional[CameraSetup] = None) -> Tuple[Event, ...]:
+        """At the end of a run (or of one camera): the ``end`` of every open event (none without
+        analytics)."""
+        analytics = self.analytics if camera is None else camera.analytics
+        return analytics.finish() if analytics is not None else ()

@@ -40,14 +40,16 @@ from types import FrameType
 from typing import Any
 
 from edgeseg.adaptive.controller import AdaptiveController, open_adaptive
-from edgeseg.app import build_pipeline, build_runtime, load_options, open_model
+from edgeseg.app import OpenedCamera, build_pipeline, build_runtime, camera_lane, load_options, open_camera, open_model
 from edgeseg.bundle.selftest import LEDGER
 from edgeseg.config import Config, load_config
 from edgeseg.errors import EdgesegError, SinkError
 from edgeseg.model import Model
 from edgeseg.monitor.metrics import StageHistograms, render_metrics
 from edgeseg.monitor.telemetry import Telemetry
+from edgeseg.pipeline.cameras import CameraStats
 from edgeseg.service.build_on_start import BuildOnStart
+from edgeseg.service.camera_reload import CameraChange, camera_change
 from edgeseg.service.controls import DaemonControls
 from edgeseg.service.logs import configure_service_logging
 from edgeseg.service.notify import Notifier, watchdog_interval_s
@@ -74,9 +76,9 @@ ExtraSinks = typing.Callable[[Config], typing.List[Sink]]  # evaluated at import
 
 def check_serve_sinks(config: Config) -> None:
     """Refuse ``coco:`` outputs under ``serve`` in one line (see ``edgeseg.sinks.coco``)."""
-    for spec in config.output.sinks:
+    for field, spec in config.sink_specs():
         if sink_kind(spec) == "coco":
-            raise SinkError(f"output.sinks {mask_credentials(spec)!r}: refused under serve: {COCO_SERVE_REFUSAL}")
+            raise SinkError(f"{field} {mask_credentials(spec)!r}: refused under serve: {COCO_SERVE_REFUSAL}")
 
 
 class Daemon:
@@ -119,7 +121,7 @@ class Daemon:
         # The dashboard and the MQTT publisher: they outlive generations, and reloads apply their
         # sections in two phases (prepare before anything running is touched, commit after).
         self.outputs = PersistentOutputs(self.controls, self.stats, metrics=self.metrics,
-                                         switches=self._switches, system=self._system)
+                                         switches=self._switches, system=self._system, cameras=self.cameras)
         self.telemetry: Telemetry | None = None
         self.build_on_start = build_on_start or BuildOnStart()
 
@@ -182,8 +184,7 @@ class Daemon:
                 controller = open_adaptive(config.adaptive, config.model.path or "", runtime.model,
                                            runtime.processor, load_options(config), owner=self.session)
             sinks = [*runtime.sinks, *self.outputs.sinks, *self._extra]
-            pipeline = build_pipeline(config, runtime.source, runtime.processor, sinks,
-                                      on_result=self.session.observe)
+            pipeline = build_pipeline(config, runtime, sinks=sinks, on_result=self.session.observe)
         except Exception:
             if controller is not None:
                 controller.close()
@@ -196,11 +197,13 @@ class Daemon:
         pipeline.start()
         return generation
 
-    def _stop_active(self) -> None:
+    def _stop_active(self, reloading: bool = False) -> None:
+        """Drain and close the running generation. ``reloading``: a new one follows over (mostly)
+        the same cameras, so their status is not announced offline (see ``_announce_removed``)."""
         generation = self.session.generation
         if generation is None:
             return
-        generation.pipeline.stop()
+        generation.pipeline.stop(announce_offline=not reloading)
         try:
             while not generation.pipeline.join(TICK_S):
                 self._tick_watchdog()
@@ -231,6 +234,10 @@ class Daemon:
             new = self._load_config()
             plan = plan_reload(old, new)
             plan.check()
+            change = camera_change(old, new)
+            if change is not None and before_switch is None:
+                self._change_cameras(running, new, change)
+                return
             model = open_model(new)  # the bundle behind model.path may have been re-flashed
             prepared = self.outputs.prepare(new, model.spec.class_names)
         except EdgesegError as exc:
@@ -242,7 +249,7 @@ class Daemon:
             self._verdict(False, f"reload refused: {exc}")
             self.notifier.ready(status_line(self.stats()))
             return
-        self._stop_active()
+        self._stop_active(reloading=True)
         try:
             self._start(new, model)
         except EdgesegError as exc:
@@ -255,14 +262,61 @@ class Daemon:
             self.notifier.ready(status_line(self.stats()))
             return
         self.outputs.commit(prepared)
+        self._announce_removed(old, new)
         if plan.touches(Apply.LOGGING):
             configure_service_logging(new.log_level, new.service.log_format)
         self.reloads += 1
-        log.info("reloaded: model %s, source %s; %s", model.spec.name, mask_credentials(new.source.uri or ""),
-                 plan.describe())
+        log.info("reloaded: model %s, cameras %s; %s", model.spec.name,
+                 ", ".join(c.name for c in new.camera_specs()), plan.describe())
         self.build_on_start.start(new, model, self.request_reload)  # a newly activated bundle's plans
         self._verdict(True, f"reloaded: model {model.spec.name}")
         self.notifier.ready(status_line(self.stats()))
+
+    def _change_cameras(self, running: Generation, new: Config, change: CameraChange) -> None:
+        """Add and remove cameras in the running pipeline (the only change of this reload): the
+        other cameras go on untouched, and so do the outputs and the MQTT session. The new
+        cameras are opened first; one that cannot be opened refuses the reload whole."""
+        prepared = self.outputs.prepare(new, running.runtime.model.spec.class_names)
+        opened: list[OpenedCamera] = []
+        try:
+            for spec in change.added:
+                opened.append(open_camera(new, spec, running.runtime.model, append=True, fixed=running.runtime.fixed))
+        except EdgesegError:
+            self.outputs.abort(prepared)
+            for camera in opened:
+                camera.close()
+            raise
+        for name in change.removed:
+            if not running.pipeline.remove_camera(name, timeout=running.config.service.stall_s):
+                log.warning("camera %s: still finishing after %.0f s; removed from the list anyway",
+                            name, running.config.service.stall_s)
+            running.runtime.drop_camera(name)
+        for camera in opened:
+            running.runtime.add_camera(camera)
+            running.pipeline.add_camera(camera_lane(camera))
+        if running.controller is not None:
+            running.controller.set_cameras(len(running.pipeline.camera_names()))
+        self.session.adopt_config(new)
+        self.outputs.commit(prepared)  # the dashboard's cameras and zones; MQTT's session stays
+        self.reloads += 1
+        log.info("reloaded: %s (the other cameras ran on)", change.describe())
+        self._verdict(True, f"reloaded: {change.describe()}")
+        self.notifier.ready(status_line(self.stats()))
+
+    def _announce_removed(self, old: Config, new: Config) -> None:
+        """Cameras the reload dropped go offline (the drained pipeline did not say so)."""
+        gone = [s.name for s in old.camera_specs() if s.name not in {n.name for n in new.camera_specs()}]
+        for name in gone:
+            for sink in self.outputs.sinks:
+                try:
+                    sink.write_status(name, False)
+                except SinkError as exc:
+                    log.error("%s", exc)
+
+    def cameras(self) -> list[CameraStats]:
+        """Every camera of the running pipeline (the dashboard's ``/api/cameras``)."""
+        active = self.session.generation
+        return [] if active is None else active.pipeline.cameras()
 
     def stats(self) -> dict[str, Any]:
         active = self.session.generation
@@ -303,7 +357,10 @@ class Daemon:
         active = self.session.generation
         if active is None:
             return
-        stalled = active.pipeline.stalled(active.config.service.stall_s)
+        stall_s = active.config.service.stall_s
+        for name in active.pipeline.stalled_cameras(stall_s):  # a hung capture: that camera alone
+            active.pipeline.restart_camera(name)
+        stalled = active.pipeline.stalled(stall_s)
         if stalled:
             log.error("no progress in %s for over %.0f s: withholding the watchdog ping",
                       ", ".join(stalled), active.config.service.stall_s)

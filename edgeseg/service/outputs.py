@@ -52,7 +52,15 @@ from edgeseg.config.dashboard import DashboardConfig
 from edgeseg.config.mqtt import MqttConfig
 from edgeseg.dashboard.controls import Controls
 from edgeseg.dashboard.feed import DashboardSink
-from edgeseg.dashboard.server import DashboardError, DashboardServer, MetricsFn, StatsFn, SwitchesFn, SystemFn
+from edgeseg.dashboard.server import (
+    CamerasFn,
+    DashboardError,
+    DashboardServer,
+    MetricsFn,
+    StatsFn,
+    SwitchesFn,
+    SystemFn,
+)
 from edgeseg.errors import EdgesegError, SinkError
 from edgeseg.service.reload_plan import changed_fields
 from edgeseg.sinks.base import Sink
@@ -67,19 +75,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeseg.serve")
 
 ZoneClasses = typing.Mapping[str, typing.Sequence[str]]  # zone name -> the class names it counts
-MqttFactory = typing.Callable[[MqttConfig, ZoneClasses], "MqttSink"]  # evaluated at import: 3.8's form
-"""Builds an unstarted publisher for an ``mqtt`` section (``MqttSink(config, start=False)``)."""
+CameraZones = typing.Mapping[str, ZoneClasses]  # camera name -> its zones
+MqttFactory = typing.Callable[..., "MqttSink"]  # evaluated at import: 3.8's form
+"""Builds an unstarted publisher for an ``mqtt`` section: ``factory(config, zones, camera_topics=...,
+camera_zones=...)`` (``MqttSink(config, start=False, ...)``)."""
 
 DashboardStep = Literal["none", "stop", "retune", "new", "rebind"]
 MqttStep = Literal["none", "keep", "stop", "start", "replace"]
 
 
-def unstarted_mqtt_sink(config: MqttConfig, zones: ZoneClasses) -> MqttSink:
+def unstarted_mqtt_sink(config: MqttConfig, zones: ZoneClasses, camera_topics: bool = False,
+                        camera_zones: Optional[CameraZones] = None) -> MqttSink:
     """The default ``MqttFactory``: everything checked and built, no queue opened, not connected.
-    ``zones``: the zone counts it announces to Home Assistant (when discovery is on)."""
+    ``zones``: the zone counts it announces to Home Assistant (when discovery is on);
+    ``camera_topics``: a topic level per camera, ``camera_zones`` the zones of each camera then."""
     from edgeseg.sinks.mqtt import MqttSink  # paho is imported only where MQTT is configured
 
-    return MqttSink(config, start=False, zones=zones)
+    return MqttSink(config, start=False, zones=zones, camera_topics=camera_topics, camera_zones=camera_zones)
 
 
 def zone_classes(config: Config, class_names: typing.Sequence[str]) -> typing.Dict[str, typing.List[str]]:
@@ -87,6 +99,14 @@ def zone_classes(config: Config, class_names: typing.Sequence[str]) -> typing.Di
     if not config.tracker.enabled:
         return {}
     return {z.name: list(z.counted_classes(class_names)) for z in config.zones}
+
+
+def camera_zone_classes(config: Config, class_names: typing.Sequence[str]) -> typing.Dict[str, typing.Dict[
+        str, typing.List[str]]]:
+    """camera -> its zones (as ``zone_classes``), every camera of the config listed (no zones: {})."""
+    tracking = config.tracker.enabled
+    return {spec.name: {z.name: list(z.counted_classes(class_names)) for z in spec.zones} if tracking else {}
+            for spec in config.camera_specs()}
 
 
 class Relay(Sink):
@@ -100,6 +120,7 @@ class Relay(Sink):
         self.name = name
         self._lock = threading.RLock()
         self._target: Optional[Sink] = None
+        self._statuses: typing.Dict[str, bool] = {}  # camera -> its latest status
 
     @property
     def target(self) -> Optional[Sink]:
@@ -117,10 +138,26 @@ class Relay(Sink):
             if target is not None:
                 target.write_events(events)
 
+    def write_status(self, camera: str, online: bool) -> None:
+        """Forward a camera's status, and remember it: a target swapped in later is told every
+        camera's latest status (the pipeline says it only when it changes)."""
+        with self._lock:
+            self._statuses[camera] = online
+            target = self._target
+            if target is not None:
+                target.write_status(camera, online)
+
     def swap(self, target: Optional[Sink]) -> Optional[Sink]:
-        """Point at ``target`` (None: drop); the previous target. Waits for a write in progress."""
+        """Point at ``target`` (None: drop); the previous target. Waits for a write in progress.
+        A new target is told the cameras' latest statuses (``write_status``)."""
         with self._lock:
             previous, self._target = self._target, target
+            if target is not None and target is not previous:
+                for camera, online in self._statuses.items():
+                    try:
+                        target.write_status(camera, online)
+                    except SinkError as exc:
+                        log.error("%s: cannot pass on the status of camera %s: %s", self.name, camera, exc)
             return previous
 
     @contextmanager
@@ -181,9 +218,11 @@ class PersistentOutputs:
         switches: Optional[SwitchesFn] = None,
         system: Optional[SystemFn] = None,
         mqtt_factory: MqttFactory = unstarted_mqtt_sink,
+        cameras: Optional[CamerasFn] = None,
     ):
         self._controls = controls
         self._stats = stats
+        self._cameras = cameras
         self._metrics = metrics
         self._switches = switches
         self._system = system
@@ -268,7 +307,7 @@ class PersistentOutputs:
         prepared = PreparedOutputs(config)
         try:
             self._prepare_dashboard(config.dashboard, prepared)
-            self._prepare_mqtt(config.mqtt, zone_classes(config, class_names), prepared)
+            self._prepare_mqtt(config, class_names, prepared)
         except BaseException:
             self._release(prepared)
             raise
@@ -300,7 +339,7 @@ class PersistentOutputs:
         feed = p.feed or self._feed
         assert feed is not None
         server = DashboardServer(new, feed, self._controls, self._stats, metrics=self._metrics,
-                                 switches=self._switches, system=self._system, token=token)
+                                 switches=self._switches, system=self._system, token=token, cameras=self._cameras)
         try:
             server.bind()
             p.dashboard = "new"
@@ -315,18 +354,26 @@ class PersistentOutputs:
         where = "" if running is None else f" (was {running.url})"
         p.changes.append(f"dashboard: {'on' if running is None else 'moved to'} {server.url}{where}")
 
-    def _prepare_mqtt(self, new: MqttConfig, zones: ZoneClasses, p: PreparedOutputs) -> None:
+    def _prepare_mqtt(self, config: Config, class_names: typing.Sequence[str], p: PreparedOutputs) -> None:
+        new = config.mqtt
         running = self._mqtt
         if not new.enabled:
             if running is not None:
                 p.mqtt = "stop"
                 p.changes.append(f"mqtt: off (was publishing to {running.broker})")
             return
-        candidate = self._mqtt_factory(new, zones)  # password and TLS files read and checked: SinkError
+        per_camera = config.uses_camera_topics()
+        candidate = self._mqtt_factory(  # password and TLS files read and checked: SinkError
+            new, zone_classes(config, class_names), camera_topics=per_camera,
+            camera_zones=camera_zone_classes(config, class_names) if per_camera else None)
         try:
             if running is not None:
                 fields = changed_fields(running.config, new, "mqtt.")
-                same_zones = dict(candidate.zones) == dict(running.zones)  # what discovery announces
+                # What discovery announces; a camera added or removed alone keeps the session
+                # unless Home Assistant is told about cameras.
+                same_zones = (dict(candidate.zones) == dict(running.zones)
+                              and candidate.camera_topics == running.camera_topics
+                              and (not new.homeassistant.enabled or candidate.camera_zones == running.camera_zones))
                 if not fields and candidate.credentials_digest == running.credentials_digest and same_zones:
                     candidate.close()  # nothing to apply: the same publisher and session go on
                     p.mqtt = "keep"
@@ -343,7 +390,7 @@ class PersistentOutputs:
             p.changes.append(f"mqtt: publishing to {broker} as {new.device_id}")
         else:
             p.mqtt = "replace"
-            why = ", ".join(fields) if fields else "the password or TLS files, or the zones announced"
+            why = ", ".join(fields) if fields else "the password or TLS files, the zones announced, or the cameras"
             p.changes.append(f"mqtt: reconnecting to {broker} as {new.device_id} (changed: {why})")
 
     # -- reload, phase two ---------------------------------------------------------------------
@@ -359,7 +406,7 @@ class PersistentOutputs:
         self._config = prepared.config
         if self._feed is not None:  # the zones and lines drawn on the stream, as configured now
             try:
-                self._feed.set_overlay(prepared.config.zones, prepared.config.lines)
+                self._feed.set_overlay(cameras=prepared.config.camera_specs())
             except ValueError as exc:  # validated with the config: a shape the drawing cannot take
                 log.error("dashboard: %s; zones and lines are not drawn", exc)
         for change in prepared.changes:
@@ -404,7 +451,7 @@ class PersistentOutputs:
         if old is None or self._feed is None:
             return
         again = DashboardServer(old.config, self._feed, self._controls, self._stats, metrics=self._metrics,
-                                switches=self._switches, system=self._system, token=old.token)
+                                switches=self._switches, system=self._system, token=old.token, cameras=self._cameras)
         try:
             again.start()
             self._server = again
@@ -431,7 +478,10 @@ class PersistentOutputs:
         """Hand the queue from ``old`` to ``new``; writes wait meanwhile (the relay is held)."""
         old.hold(old.config.drain_timeout_s)  # in-flight acks come back: fewer re-sends
         with self._mqtt_relay.held():
-            queue = old.handover(offline=old.available_topic != new.available_topic)
+            moved = old.available_topic != new.available_topic
+            # Each camera's retained status goes offline where the new publisher will not restate
+            # it (other topics, or no camera topics); the relay tells the new one the statuses.
+            queue = old.handover(offline=moved, statuses_offline=moved or not new.camera_topics)
             topics = {old.topic: new.topic} if old.topic != new.topic else {}
             try:
                 if new.has_queue:  # another file: move everything over, then drop the empty file

@@ -61,8 +61,13 @@ SECTIONS: Final[typing.Mapping[str, Apply]] = {
     "log_level": Apply.LOGGING,
     "model": Apply.PIPELINE,
     "source": Apply.PIPELINE,
+    # Every camera's source, options, zones, lines and sinks (a list, compared whole): the
+    # pipeline is rebuilt with the new set. Adding or removing one camera without touching the
+    # others (their captures, the MQTT session) is the pipeline's own to do on that rebuild.
+    "cameras": Apply.PIPELINE,
     "postprocess": Apply.PIPELINE,
     "output": Apply.PIPELINE,
+    # batch and gather_ms included: the inference stage is built with them.
     "pipeline": Apply.PIPELINE,
     # stats_interval_s and stall_s are read from the running generation's config at every tick.
     "service": Apply.PIPELINE,

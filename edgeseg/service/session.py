@@ -143,6 +143,13 @@ class Session:
             self._user = processor.postprocessor.settings
             self._steps, self._effort, self._fixed = (), 0, None
 
+    def adopt_config(self, config: Config) -> None:
+        """The running generation now runs ``config`` (a reload applied in place: cameras added
+        or removed); nothing else of the session changes."""
+        with self._lock:
+            if self._generation is not None:
+                self._generation.config = config
+
     def end(self) -> Optional[Generation]:
         """Forget the running generation (its pipeline joined); it is returned for closing."""
         with self._lock:

@@ -20,7 +20,7 @@ def snapshot(pipeline: Pipeline, model: Model, started: float, extra: dict[str, 
         "fps": round(c.fps, 2),
         "instances": c.instances,
         "dropped": pipeline.drops,
-        "skipped": pipeline.source.skipped,
+        "skipped": sum(cam.skipped for cam in pipeline.cameras()),
         "sink_errors": c.sink_errors,
         "stage_median_ms": stages,
         "model": model.spec.name,
@@ -28,6 +28,9 @@ def snapshot(pipeline: Pipeline, model: Model, started: float, extra: dict[str, 
         "backend": model.backend.info.provider,
         "engine": None if engine is None else {"file": engine.file, "precision": engine.precision},
     }
+    cameras = pipeline.cameras()
+    if len(cameras) > 1 or any(cam.name for cam in cameras):
+        out["cameras"] = [cam.as_dict() for cam in cameras]
     out.update(extra or {})
     return out
 
@@ -39,5 +42,11 @@ def status_line(stats: dict[str, Any]) -> str:
     if isinstance(mqtt, dict):
         state = "connected" if mqtt.get("connected") else "disconnected"
         broker = f"; MQTT {state}, queue {mqtt.get('queue_depth', 0)}"
-    return (f"{stats['fps']:.1f} FPS, {stats['frames']} frames; {stats['model']} "
+    cameras = stats.get("cameras") or []
+    online = ""
+    if len(cameras) > 1:
+        down = [c["name"] for c in cameras if not c.get("online")]
+        online = f", {len(cameras) - len(down)}/{len(cameras)} cameras online" + (
+            f" ({', '.join(down)} offline)" if down else "")
+    return (f"{stats['fps']:.1f} FPS, {stats['frames']} frames{online}; {stats['model']} "
             f"{stats['resolution'][1]}x{stats['resolution'][0]} on {stats['backend']}{broker}")

@@ -44,17 +44,18 @@ def _video_or_images(path: str, options: SinkOptions) -> Sink:
     """``video:`` writes a video for a video extension, otherwise a directory of JPEGs.
 
     A video cannot be appended to, so where the service asks for appending (reloads, restarts)
-    a new file is started beside an existing one rather than overwriting it (``unused_path``).
+    a new file is started beside an existing one rather than overwriting it (``unused_path``),
+    for each camera's file alike.
     """
     if not is_video_path(path):
         return ImageDirSink(path)
-    return VideoSink(unused_path(path) if options.append else path, fps=options.fps)
+    return VideoSink(unused_path(path) if options.append else path, fps=options.fps, append=options.append)
 
 
 _KINDS: dict[str, SinkKind] = {
     "jsonl": SinkKind(
         lambda path, options: JsonlSink(path, mask_format=options.mask_format, append=options.append),
-        "jsonl:FILE      one frame result (schema edgeseg/frame-result v1) per line",
+        "jsonl:FILE      one frame result (schema edgeseg/frame-result v3) per line, every camera's",
     ),
     "coco": SinkKind(
         lambda path, options: CocoResultsSink(path),
@@ -62,11 +63,11 @@ _KINDS: dict[str, SinkKind] = {
     ),
     "video": SinkKind(
         _video_or_images,
-        "video:FILE|DIR  annotated video (.mp4/.avi/.mkv), or a directory of annotated JPEGs",
+        "video:FILE|DIR  annotated video (.mp4/.avi/.mkv), or a directory of annotated JPEGs; one per camera",
     ),
     "images": SinkKind(
         lambda path, options: ImageDirSink(path),
-        "images:DIR      a directory of annotated JPEGs, named after the input files",
+        "images:DIR      a directory of annotated JPEGs, named after the input files; one per camera",
     ),
 }
 

@@ -25,11 +25,14 @@ class SinkOptions:
         fps: frame rate written into annotated videos.
         append: files are appended to rather than replaced (the service: a restart or reload
             must not erase what was written before).
+        camera_topics: an MQTT sink publishes each camera under ``<prefix>/<device>/<camera>/``
+            (``Config.uses_camera_topics``).
     """
 
     mask_format: MaskFormat = "rle"
     fps: float = 25.0
     append: bool = False
+    camera_topics: bool = False
 
 
 class Sink(Closeable, abc.ABC):
@@ -43,6 +46,10 @@ class Sink(Closeable, abc.ABC):
         """Consume events that belong to no frame: the ``end`` of every open event when the run
         stops (``AnalyticsStage.finish``). Sinks that publish events override it; the others
         ignore them (their events arrive with each frame's ``result.analytics``)."""
+
+    def write_status(self, camera: str, online: bool) -> None:
+        """A camera's stream came up (``online``) or dropped, ended or was removed. Called from
+        the camera's capture thread on every change; sinks that publish status override it."""
 
     def close(self) -> None:
         """Flush and release. Idempotent; called once the last frame has been written."""

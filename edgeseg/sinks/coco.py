@@ -11,6 +11,15 @@ where it would grow in memory without bound and be rewritten from scratch (losin
 before) at each reload; ``serve`` therefore refuses it (:data:`SERVE_REFUSAL`) and the daemon's
 lasting record is the JSONL sink, which holds the same results, line by line, bounded by disk.
 While open, the sink holds a lock beside its file (removed at close) so that a second writer is refused.
+
+Several cameras (``edgeseg run --source A --source B``): two cameras' frames have the same frame
+ids (and two folders may hold the same file names), so their image ids would collide. The first
+camera the sink sees keeps its image ids as above; the k-th further camera's are offset by
+``k * CAMERA_ID_STRIDE`` (10**12: camera 2's frame 5 is image 1000000000005). When the file ends up
+holding more than one camera, every result also carries ``"camera"`` (COCO tools ignore keys they
+do not know); a one-camera file is exactly as before. With ``image_ids`` (a dataset's file names
+to its ids) the ids are the dataset's and are never offset: two cameras over one dataset are two
+sets of results for the same images, told apart by ``camera``.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Dict, List
 
 import numpy as np
 
@@ -42,6 +51,9 @@ SERVE_REFUSAL = (
     "memory without bound and be rewritten at each reload; use jsonl:PATH for the daemon, coco: with 'edgeseg run'"
 )
 """Why ``serve`` refuses ``coco:`` sinks (checked by the daemon on start and on every reload)."""
+CAMERA_ID_STRIDE = 10**12
+"""Image id offset per further camera: above any frame id or numeric file stem (12 digits in COCO)."""
+CAMERA_KEY = "camera"
 TEMP_SUFFIX = ".tmp"
 RESULTS_FILE_MODE = 0o644
 """Temporary files are created private (0600); the results file is an ordinary readable file."""
@@ -70,6 +82,8 @@ class CocoResultsSink(Sink):
         self.image_ids = dict(image_ids) if image_ids is not None else None
         self.category_ids = dict(category_ids) if category_ids is not None else None
         self.results: list[dict[str, Any]] = []
+        self.cameras: Dict[str, int] = {}
+        """camera -> its index in the order first seen (its image id offset, in strides)."""
         self.skipped_frames = 0
         self.skipped_instances = 0
         self._closed = False
@@ -91,6 +105,10 @@ class CocoResultsSink(Sink):
         if image_id is None:
             self.skipped_frames += 1
             return
+        camera = result.camera
+        index = self.cameras.setdefault(camera, len(self.cameras))
+        if self.image_ids is None:
+            image_id += index * CAMERA_ID_STRIDE
         instances = result.instances
         names = instances.names
         xyxy = instances.boxes.astype(np.float64)
@@ -109,12 +127,19 @@ class CocoResultsSink(Sink):
                 "category_id": category_id,
                 "bbox": xywh[i].tolist(),
                 "score": float(scores[i]),
+                CAMERA_KEY: camera,
             }
             if instances.has_masks:
                 entry["segmentation"] = rle_from_crop(
                     instances.masks[i], instances.mask_boxes[i], instances.image_size
                 )
             self.results.append(entry)
+
+    def file_results(self) -> List[Dict[str, Any]]:
+        """The results as the file holds them: with ``camera`` only when there is more than one."""
+        if len(self.cameras) > 1:
+            return self.results
+        return [{k: v for k, v in entry.items() if k != CAMERA_KEY} for entry in self.results]
 
     def close(self) -> None:
         if self._closed:
@@ -149,7 +174,7 @@ class CocoResultsSink(Sink):
                 delete=False,
             ) as temp:
                 temp_name = temp.name
-                json.dump(self.results, temp)
+                json.dump(self.file_results(), temp)
                 temp.flush()
                 os.fsync(temp.fileno())
             os.chmod(temp_name, RESULTS_FILE_MODE)

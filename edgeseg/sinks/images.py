@@ -3,12 +3,19 @@
 Files are named after the frame's file name (``000139.png`` -> ``000139.jpg``) so an annotated
 image sits beside its input by name; frames without a name (cameras, streams) become
 ``frame_000042.jpg``.
+
+Several cameras (one sink shared by a ``cameras:`` list) would overwrite each other's
+``frame_000042.jpg``: the first camera the sink sees writes into the given directory, each
+other camera into a sibling directory with ``-<camera>`` appended (``frames`` ->
+``frames-door``), created at its first frame and logged once, as the video sink names its files.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import Dict
 
 import cv2
 
@@ -16,12 +23,15 @@ from edgeseg.errors import SinkError
 from edgeseg.sinks.annotate import annotate
 from edgeseg.sinks.base import Sink
 from edgeseg.sinks.paths import prepare_directory
+from edgeseg.sinks.video import camera_path
 from edgeseg.sources.fsnames import os_error_text, printable_name
 from edgeseg.structures import Frame, FrameResult
 
 JPEG_QUALITY = 90
 """Visually clean annotations at about a third of the size of quality 100."""
 JPEG_SUFFIX = ".jpg"
+
+LOG = logging.getLogger(__name__)
 
 
 def annotated_file_name(frame: Frame) -> str:
@@ -31,17 +41,33 @@ def annotated_file_name(frame: Frame) -> str:
 
 
 class ImageDirSink(Sink):
-    """Writes each frame, annotated, as a JPEG into a directory (created if missing)."""
+    """Writes each frame, annotated, as a JPEG into a directory (created if missing); with several
+    cameras, one directory per camera (see the module docstring)."""
 
     def __init__(self, directory: str | os.PathLike[str]):
         self.directory = prepare_directory(directory)
+        self.directories: Dict[str, Path] = {}
+        """camera -> the directory its images go to (cameras seen so far)."""
         self.files_written = 0
         self._closed = False
+
+    def directory_of(self, camera: str) -> Path:
+        """The directory of ``camera``'s images: the given one for the first camera seen."""
+        folder = self.directories.get(camera)
+        if folder is None:
+            if not self.directories:
+                folder = self.directory
+            else:
+                folder = prepare_directory(camera_path(self.directory, camera, directory=True))
+                LOG.info("images: camera %s is written to %s (%s has camera %s)", camera or "(none)", folder,
+                         self.directory, next(iter(self.directories)) or "(none)")
+            self.directories[camera] = folder
+        return folder
 
     def write(self, result: FrameResult) -> None:
         if self._closed:
             raise SinkError(f"image sink {str(self.directory)!r} is closed")
-        target = self.directory / annotated_file_name(result.frame)
+        target = self.directory_of(result.camera) / annotated_file_name(result.frame)
         name = printable_name(str(target))
         image = annotate(result.frame.image, result.instances)
         # Encoded here and written by Python, not cv2.imwrite: OpenCV crashes on a file name that

@@ -2,6 +2,9 @@
 
 Each line is flushed as it is written, so a killed daemon (SIGKILL, power loss of the process)
 leaves every finished frame on disk and at most one partial last line.
+
+Several cameras share one file: every camera's results go into it, in the order they are
+written, and each line's ``camera`` (schema version 3) says whose it is.
 """
 
 from __future__ import annotations

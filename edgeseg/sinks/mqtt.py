@@ -28,6 +28,25 @@ With tracking on (``result.analytics``), through the same queue:
 - Home Assistant discovery configs (``mqtt.homeassistant``, ``edgeseg.sinks.homeassistant``),
   retained, straight to the broker on every connect and on Home Assistant's ``online``.
 
+Several cameras (``camera_topics``; ``mqtt.camera_topics``, resolved by
+``Config.uses_camera_topics``): everything a camera produces moves one level down, by
+``result.camera`` (an event: by its document's ``camera``): ``P/<camera>/detections``,
+``P/<camera>/events``, ``P/<camera>/events/<event_id>/snapshot``, ``P/<camera>/zones/<zone>/<class>``,
+each as above, and
+
+- ``P/<camera>/status``: ``online``/``offline`` (``write_status``, called as the camera's stream
+  comes up and drops), retained, QoS ``max(1, qos)``, through the queue like the counts: nothing
+  is lost in an outage and a newer status replaces a still waiting older one of the camera
+  (``superseded``), so after an outage with a flapping camera the broker gets its latest status.
+  Its priority is the events' (a full queue drops detections first). The Last Will covers
+  ``P/available`` only: a dead daemon leaves each camera's last status standing, which is why
+  Home Assistant's camera entities also depend on ``P/available``. On a clean ``close`` every
+  camera last announced ``online`` is sent ``offline`` (queued, then drained like the rest).
+
+``P/available`` and ``P/stats`` stay the device's. A result with no camera (``camera`` "": the
+self-test) goes to the device's topics. Without camera topics every topic is as above and
+``write_status`` does nothing: the device's ``P/available`` is the one camera's availability.
+
 ``detections: false`` leaves ``P/detections`` out (events and counts only). Full-queue policy
 with priorities (``DiskQueue``): detections (0) go first, then snapshots (1), and events and
 counts (2) only when nothing of lower priority is left; a full queue of events refuses a new
@@ -97,7 +116,16 @@ from edgeseg.config.mqtt import MQTT_MAX_PAYLOAD, PROTOCOLS, BrokerAddress, Mqtt
 from edgeseg.errors import SinkError
 from edgeseg.sinks.base import MaskFormat, Sink, SinkOptions
 from edgeseg.sinks.disk_queue import DiskQueue, Outgoing, QueuedMessage
-from edgeseg.sinks.homeassistant import DISCOVERY_QOS, DiscoveryMessage, discovery_messages, topic_level, zone_topic
+from edgeseg.sinks.homeassistant import (
+    DISCOVERY_QOS,
+    DiscoveryMessage,
+    ZoneClasses,
+    camera_topic,
+    discovery_messages,
+    status_topic,
+    topic_level,
+    zone_topic,
+)
 from edgeseg.sinks.mqtt_handover import retune_queue
 from edgeseg.sinks.serialize import frame_result_to_dict
 from edgeseg.sources.uri import mask_credentials
@@ -126,6 +154,8 @@ PRIORITY_DETECTIONS: Final = 0
 PRIORITY_SNAPSHOTS: Final = 1
 PRIORITY_EVENTS: Final = 2
 """Events and retained counts: a full queue drops them only when nothing of lower priority is left."""
+PRIORITY_STATUS: Final = PRIORITY_EVENTS
+"""A camera's status, like the counts: retained state that must not be lost behind detections."""
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
 AVAILABILITY_QOS: Final = 1
@@ -573,9 +603,10 @@ class MqttCounters:
         snapshots_queued: event snapshots stored since start.
         snapshots_skipped: snapshots larger than the payload room, not sent.
         counts_queued: retained zone counts stored since start.
-        superseded: zone counts replaced in the queue by a newer count of their zone and class (one
-            caught on its way out at that moment is still sent).
+        superseded: zone counts and camera statuses replaced in the queue by a newer one of their
+            topic (one caught on its way out at that moment is still sent).
         discovery_published: Home Assistant discovery configs handed to the broker.
+        statuses_queued: camera statuses (``online``/``offline``, camera topics) stored since start.
     """
 
     connected: bool
@@ -602,9 +633,27 @@ class MqttCounters:
     counts_queued: int = 0
     superseded: int = 0
     discovery_published: int = 0
+    statuses_queued: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class CameraTopics:
+    """Where one camera's messages go: ``P/<camera>/...`` with camera topics, the device's ``P/...``
+    without them (``camera`` "")."""
+
+    camera: str
+    detections: str
+    events: str
+
+    @classmethod
+    def of(cls, config: MqttConfig, camera: str) -> CameraTopics:
+        return cls(camera, camera_topic(config, camera, TOPIC_DETECTIONS), camera_topic(config, camera, TOPIC_EVENTS))
+
+    def snapshot(self, event_id: str) -> str:
+        return f"{self.events}/{topic_level(event_id)}/{SNAPSHOT_LEAF}"
 
 
 class MqttSink(Sink):
@@ -615,6 +664,10 @@ class MqttSink(Sink):
         config: the ``mqtt`` section (its ``uri`` must be set).
         zones: zone name -> the class names it counts (from the zones config): the entities of
             Home Assistant discovery. Counts are published for whatever ``analytics`` reports.
+        camera_topics: each camera's messages on ``P/<camera>/...`` and its status on
+            ``P/<camera>/status`` (see the module docstring); False: every topic as for one camera.
+        camera_zones: with ``camera_topics``, camera name -> its zones (as ``zones``): the cameras
+            and zone entities announced to Home Assistant (``zones`` is then not announced).
         start: open the queue and connect now. ``False`` builds and checks everything that can
             fail without touching the queue file or the network (password file, TLS files, the
             paho client); ``open_queue`` and ``start`` do the rest. That is how a reload prepares
@@ -628,7 +681,8 @@ class MqttSink(Sink):
     """
 
     def __init__(self, config: MqttConfig, start: bool = True,
-                 zones: Optional[Mapping[str, Sequence[str]]] = None):
+                 zones: Optional[ZoneClasses] = None, camera_topics: bool = False,
+                 camera_zones: Optional[Mapping[str, ZoneClasses]] = None):
         if config.uri is None:
             raise SinkError("mqtt: no broker configured (mqtt.uri is not set)")
         self.config = config
@@ -638,19 +692,30 @@ class MqttSink(Sink):
         self.events_topic = config.topic(TOPIC_EVENTS)
         self.stats_topic = config.topic(TOPIC_STATS)
         self.available_topic = config.topic(TOPIC_AVAILABLE)
-        self.zones: Dict[str, List[str]] = {str(z): [str(c) for c in classes] for z, classes in (zones or {}).items()}
+        self.zones: Dict[str, List[str]] = _zone_lists(zones)
+        self.camera_topics = bool(camera_topics)
+        self.camera_zones: Dict[str, Dict[str, List[str]]] = (
+            {str(cam): _zone_lists(z) for cam, z in (camera_zones or {}).items()} if self.camera_topics else {})
+        self._topics: Dict[str, CameraTopics] = {"": CameraTopics.of(config, "")}
         self._event_qos = max(MIN_EVENT_QOS, config.qos)
-        #: The last count queued per (zone, class): only a change is published again. Empty in a
-        #: new publisher (a start or a reload), so its first analytics state every count.
-        self._counts: Dict[Tuple[str, str], int] = {}
+        #: The last count queued per (camera, zone, class) (camera "" without camera topics): only
+        #: a change is published again. Empty in a new publisher (a start or a reload), so its
+        #: first analytics state every count.
+        self._counts: Dict[Tuple[str, str, str], int] = {}
         self._events_queued = self._snapshots_queued = self._snapshots_skipped = self._counts_queued = 0
+        #: camera -> its last status given to ``write_status`` (camera topics only); every camera
+        #: whose last status is online is sent offline on a clean close.
+        self._statuses: Dict[str, bool] = {}
+        self._status_lock = threading.Lock()
+        self._statuses_queued = 0
         password = _password(config)
         _check_tls_files(config)
         #: What the password and TLS files held when read: a reload whose section is unchanged
         #: still reconnects when one of those files was replaced (a rotated password or cert).
         self.credentials_digest = credentials_digest(config, password)
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
-        self._publisher = MqttPublisher(config, password, self._events, discovery_messages(config, self.zones))
+        discovery = discovery_messages(config, self.zones, self.camera_zones if self.camera_topics else None)
+        self._publisher = MqttPublisher(config, password, self._events, discovery)
         self._queue: Optional[DiskQueue] = None
         self._started = False
         self._closed = False
@@ -707,7 +772,12 @@ class MqttSink(Sink):
             retune_queue(queue, self.config)
             self._queue = queue
         q = self.open_queue()
-        self._started = True
+        with self._status_lock:  # statuses given before start, in order with any that come now
+            self._started = True
+            try:
+                self._store_statuses(self._statuses)
+            except SinkError as exc:
+                log.error("mqtt: cannot queue the cameras' statuses: %s", exc)
         self._feeder.start()
         self._publisher.start()
         log.info("mqtt: publishing to %s on %s (queue %s, %d waiting)", self.broker, self.topic, q.path, q.depth)
@@ -719,23 +789,24 @@ class MqttSink(Sink):
         has analytics) in one transaction; returns once committed, never waits on the network."""
         if self._closed or not self._started:
             raise SinkError(f"mqtt sink for {self.broker} is {'closed' if self._closed else 'not started'}")
+        topics = self.topics_for(result.camera)
         messages: List[Outgoing] = []
         if self.config.detections:
-            data = self._detection_payload(result)
+            data = self._detection_payload(result, topics.detections)
             if data is not None:
-                messages.append(Outgoing(self.topic, data, None, False, PRIORITY_DETECTIONS))
+                messages.append(Outgoing(topics.detections, data, None, False, PRIORITY_DETECTIONS))
         analytics = result.analytics
-        counts: Dict[Tuple[str, str], int] = {}
+        counts: Dict[Tuple[str, str, str], int] = {}
         if analytics is not None:
             if self.config.events:
                 for event in analytics.events:
-                    messages.extend(self._event_messages(event))
+                    messages.extend(self._event_messages(event, result.camera))
             if self.config.occupancy:
-                counts = self._changed_counts(analytics.zones.occupancy)
+                counts = self._changed_counts(analytics.zones.occupancy, topics.camera)
                 messages.extend(
-                    Outgoing(zone_topic(self.config, zone, cls), str(n).encode("ascii"), self._event_qos, True,
-                             PRIORITY_EVENTS, collapse=True)
-                    for (zone, cls), n in counts.items()
+                    Outgoing(zone_topic(self.config, zone, cls, camera), str(n).encode("ascii"), self._event_qos,
+                             True, PRIORITY_EVENTS, collapse=True)
+                    for (camera, zone, cls), n in counts.items()
                 )
         self._store(messages)
         self._counts.update(counts)  # after the commit: a failed write states them again next time
@@ -749,20 +820,73 @@ class MqttSink(Sink):
         if self.config.events:
             self._store([m for event in events for m in self._event_messages(event)])
 
+    def write_status(self, camera: str, online: bool) -> None:
+        """Queue ``online``/``offline`` for ``camera`` on ``P/<camera>/status`` (retained, QoS at least
+        1; a newer status replaces a still waiting older one). Does nothing without camera topics,
+        or for camera "". Before ``start`` the status is remembered and queued at ``start``; after
+        ``close`` it is ignored (the close sent the camera offline). Called from the cameras'
+        capture threads; ``SinkError`` when the queue cannot be written."""
+        if not self.camera_topics or not camera:
+            return
+        with self._status_lock:
+            if self._closed:
+                return
+            self._statuses[camera] = bool(online)
+            if not self._started:
+                return
+            self._store_statuses({camera: bool(online)})
+
+    def camera_statuses(self) -> Dict[str, bool]:
+        """camera -> its last status given to ``write_status`` (True: online)."""
+        with self._status_lock:
+            return dict(self._statuses)
+
+    def topics_for(self, camera: str) -> CameraTopics:
+        """The topics of ``camera``'s messages: its own level with camera topics, else the device's."""
+        key = camera if self.camera_topics else ""
+        topics = self._topics.get(key)
+        if topics is None:
+            topics = self._topics.setdefault(key, CameraTopics.of(self.config, key))
+        return topics
+
+    def _store_statuses(self, statuses: Mapping[str, bool]) -> None:
+        """Queue each camera's status: retained, collapsing a waiting older one of its topic."""
+        if not statuses:
+            return
+        self._put([Outgoing(status_topic(self.config, camera), ONLINE if online else OFFLINE, self._event_qos,
+                            True, PRIORITY_STATUS, collapse=True) for camera, online in statuses.items()])
+        self._statuses_queued += len(statuses)
+
+    def _announce_offline(self) -> None:
+        """Queue ``offline`` for every camera last announced online (a clean close or a handover)."""
+        with self._status_lock:
+            cameras = [camera for camera, online in self._statuses.items() if online]
+            try:
+                self._store_statuses(dict.fromkeys(cameras, False))
+            except SinkError as exc:
+                log.error("mqtt: cannot queue 'offline' for cameras %s: %s", ", ".join(cameras), exc)
+                return
+            self._statuses.update(dict.fromkeys(cameras, False))
+
     def _store(self, messages: List[Outgoing]) -> None:
         """Commit one write's messages to the queue and wake the feeder."""
         if not messages:
             return
-        self.queue.put_many(messages)
+        self._put(messages)
         self._events_queued += sum(m.priority == PRIORITY_EVENTS and not m.retain for m in messages)
         self._snapshots_queued += sum(m.priority == PRIORITY_SNAPSHOTS for m in messages)
+
+    def _put(self, messages: List[Outgoing]) -> None:
+        """Commit messages to the queue in one transaction and wake the feeder (no counters: the
+        statuses come from other threads than the writes, each kind counts its own)."""
+        self.queue.put_many(messages)
         self._note_fullness()
         self._events.put(_WAKE)
 
-    def _detection_payload(self, result: FrameResult) -> Optional[bytes]:
-        """The frame result's payload, masks degraded to fit; None (set aside, counted) when even
-        the mask-less form is too large."""
-        limit = self._payload_limit()
+    def _detection_payload(self, result: FrameResult, topic: str) -> Optional[bytes]:
+        """The frame result's payload on ``topic``, masks degraded to fit; None (set aside, counted)
+        when even the mask-less form is too large."""
+        limit = self._payload_limit(topic)
         name = "mqtt.max_payload_bytes" if limit == self.config.max_payload_bytes else (
             f"the payload room (broker {self.broker}'s maximum packet size {self._publisher.packet_limit} "
             f"less topic and headers)")
@@ -771,7 +895,7 @@ class MqttSink(Sink):
         except SinkError as exc:
             self._refused += 1
             data = encode_frame_result(result, "none", MQTT_MAX_PAYLOAD).data
-            self._set_aside_unqueued(data, f"refused at write: {exc}")
+            self._set_aside_unqueued(data, f"refused at write: {exc}", topic)
             self._say_once("refused", logging.ERROR, "%s; set aside in %s (further ones are counted as refused)",
                            exc, self.queue.dead_letters.path)
             return None
@@ -782,14 +906,18 @@ class MqttSink(Sink):
                            "counted)", result.frame.frame_id, limit, self.mask_format, payload.mask_format)
         return payload.data
 
-    def _event_messages(self, event: Event) -> List[Outgoing]:
-        """An event's message, and its snapshot's when it has one and ``publish_snapshots`` is on."""
-        limit = self._payload_limit(self.events_topic, self._event_qos)
+    def _event_messages(self, event: Event, camera: str = "") -> List[Outgoing]:
+        """An event's message, and its snapshot's when it has one and ``publish_snapshots`` is on,
+        on the topics of the event's camera (its document's ``camera``; else ``camera``)."""
+        own = event.document.get("camera") if isinstance(event.document, Mapping) else None
+        topics = self.topics_for(own if isinstance(own, str) and own else camera)
+        events_topic = topics.events
+        limit = self._payload_limit(events_topic, self._event_qos)
         try:
             payload = encode_event(event.document, limit)
         except SinkError as exc:
             self._refused += 1
-            self._set_aside_unqueued(_event_text(event.document), f"refused at write: {exc}", self.events_topic)
+            self._set_aside_unqueued(_event_text(event.document), f"refused at write: {exc}", events_topic)
             self._say_once("refused-event", logging.ERROR, "%s; set aside in %s (further ones are counted as "
                            "refused)", exc, self.queue.dead_letters.path)
             return []
@@ -797,9 +925,9 @@ class MqttSink(Sink):
             self._degraded += 1
             self._say_once("degraded-event", logging.WARNING, "mqtt: event %s over %d bytes: sent without its mask "
                            "(further degradations are counted)", event.event_id, limit)
-        out = [Outgoing(self.events_topic, payload.data, self._event_qos, False, PRIORITY_EVENTS)]
+        out = [Outgoing(events_topic, payload.data, self._event_qos, False, PRIORITY_EVENTS)]
         if event.snapshot is not None and self.config.publish_snapshots:
-            topic = self.config.topic(f"{TOPIC_EVENTS}/{topic_level(event.event_id)}/{SNAPSHOT_LEAF}")
+            topic = topics.snapshot(event.event_id)
             room = self._payload_limit(topic, self._event_qos)
             if len(event.snapshot) <= room:
                 out.append(Outgoing(topic, bytes(event.snapshot), self._event_qos, False, PRIORITY_SNAPSHOTS))
@@ -811,12 +939,14 @@ class MqttSink(Sink):
                                "counted as snapshots_skipped)", event.event_id, len(event.snapshot), room)
         return out
 
-    def _changed_counts(self, occupancy: Mapping[str, Mapping[str, int]]) -> Dict[Tuple[str, str], int]:
-        """The (zone, class) counts that differ from the last ones queued (all of them the first time)."""
-        changed: Dict[Tuple[str, str], int] = {}
+    def _changed_counts(self, occupancy: Mapping[str, Mapping[str, int]],
+                        camera: str) -> Dict[Tuple[str, str, str], int]:
+        """The (camera, zone, class) counts that differ from the last ones queued (all of them the
+        first time); ``camera`` is the topic level ("" without camera topics)."""
+        changed: Dict[Tuple[str, str, str], int] = {}
         for zone, per_class in occupancy.items():
             for cls, count in per_class.items():
-                key = (str(zone), str(cls))
+                key = (camera, str(zone), str(cls))
                 n = int(count)
                 if self._counts.get(key) != n:
                     changed[key] = n
@@ -831,11 +961,13 @@ class MqttSink(Sink):
         """
         if self._closed:
             return
-        self._closed = True
+        with self._status_lock:
+            self._closed = True  # a status from a capture thread from now on is ignored
         if not self._started:
             if self._queue is not None:
                 self._queue.close()
             return
+        self._announce_offline()
         if self._publisher.connected and self.config.drain_timeout_s > 0:
             self.wait_drained(self.config.drain_timeout_s)
         self._stop_sending(offline=True)
@@ -865,18 +997,24 @@ class MqttSink(Sink):
             time.sleep(DRAIN_POLL_S)
         return not self.queue.inflight
 
-    def handover(self, offline: bool) -> DiskQueue:
+    def handover(self, offline: bool, statuses_offline: Optional[bool] = None) -> DiskQueue:
         """Stop this publisher and give its still open queue to the one replacing it.
 
         Whatever is still in flight goes back to waiting, so the next publisher sends it (first).
         ``offline``: announce ``offline`` on this availability topic (the device id or topic
         prefix changes); otherwise the retained ``online`` stays and the next publisher repeats it.
+        ``statuses_offline`` (default: ``offline``): queue ``offline`` on the status topic of every
+        camera announced online, for the next publisher to send (its status topics differ, or it
+        has none); otherwise they stay, and the next publisher restates them on its own.
         The sink is closed afterwards; ``close`` leaves the queue alone.
         """
         if self._closed or not self._started:
             raise SinkError(f"mqtt sink for {self.broker} is not running: nothing to hand over")
         self._holding = True
-        self._closed = True
+        with self._status_lock:
+            self._closed = True
+        if offline if statuses_offline is None else statuses_offline:
+            self._announce_offline()
         self._stop_sending(offline=offline)
         q = self.queue
         q.requeue_inflight()
@@ -925,6 +1063,7 @@ class MqttSink(Sink):
             counts_queued=self._counts_queued,
             superseded=self.queue.superseded,
             discovery_published=self._publisher.discovery_published,
+            statuses_queued=self._statuses_queued,
         )
 
     def status(self) -> dict[str, Any]:
@@ -1172,12 +1311,19 @@ def _check_tls_files(config: MqttConfig) -> None:
             raise SinkError(f"mqtt.tls.{field} {value!r}: no such file")
 
 
-def mqtt_sink_from_spec(uri: str, options: SinkOptions) -> MqttSink:
+def mqtt_sink_from_spec(uri: str, options: SinkOptions, camera_topics: Optional[bool] = None) -> MqttSink:
     """The ``mqtt:URI`` (or bare ``mqtt[s]://...``) sink spec: the broker URI, every other setting
-    at its default. Errors quote the URI with its password masked."""
+    at its default. Errors quote the URI with its password masked. ``camera_topics``: None takes
+    ``options.camera_topics`` where the options have it (several cameras), else off."""
     try:
         config = MqttConfig(uri=uri, mask_format=options.mask_format)
     except ValidationError as exc:
         reasons = "; ".join(mask_credentials(pydantic_message(e["msg"])) for e in exc.errors())
         raise SinkError(f"sink spec {mask_credentials(uri)!r}: {reasons}") from None
-    return MqttSink(config)
+    if camera_topics is None:
+        camera_topics = bool(getattr(options, "camera_topics", False))
+    return MqttSink(config, camera_topics=camera_topics)
+
+
+def _zone_lists(zones: Optional[ZoneClasses]) -> Dict[str, List[str]]:
+    return {str(z): [str(c) for c in classes] for z, classes in (zones or {}).items()}

@@ -1,11 +1,18 @@
-"""The one JSON form of a frame result (schema ``edgeseg/frame-result``, versions 1 and 2).
+"""The one JSON form of a frame result (schema ``edgeseg/frame-result``, version 3).
 
 JSONL files, MQTT payloads and the dashboard all publish this dict, so it is built by one pure
 function: same input, same output, no I/O. The contract it follows is the JSON Schema in
-``edgeseg/schemas/frame_result.v1.json`` and ``frame_result.v2.json`` (:func:`load_schema`);
-tests validate against both. Version 2 is written when the result has analytics (tracking on):
-version 1 plus a ``track_id`` per instance (null for an instance without a confirmed track). A
-run without tracking writes version 1, byte for byte as before, so its consumers see no change.
+``edgeseg/schemas/frame_result.v3.json`` (:func:`load_schema`). Every result is written as
+version 3: a top-level ``camera`` (the camera's name, so that one file or one subscriber can
+tell several cameras apart; "" where a run has no camera, the self-test) and, when the result
+has analytics (tracking on), a ``track_id`` per instance (null for an instance without a
+confirmed track); without tracking the instances carry no ``track_id``.
+
+Earlier versions, kept (``frame_result.v1.json``, ``frame_result.v2.json``) for consumers and
+files written before: version 1 (runs without tracking) had neither ``camera`` nor ``track_id``;
+version 2 (runs with tracking) was version 1 plus ``track_id`` on every instance. A version 3
+document without tracking is version 1 plus ``camera``; with tracking, version 2 plus ``camera``.
+A consumer reads ``version`` to know which it has.
 Floats are rounded to what the numbers mean (a tenth of a pixel, four decimals of score) to keep
 payloads small on constrained links. File names and URIs are text as the file system gave them,
 which may hold bytes that are not UTF-8; they are written with each such byte as ``\\xNN``
@@ -29,13 +36,19 @@ from edgeseg.structures import FrameResult, Instances
 
 SCHEMA_NAME = "edgeseg/frame-result"
 VERSION_UNTRACKED = 1
-"""Frame results of runs without tracking."""
+"""Frame results of runs without tracking, before cameras (no longer written)."""
 VERSION_TRACKED = 2
-"""Frame results with analytics: version 1 plus ``track_id`` per instance."""
-SCHEMA_VERSION = VERSION_TRACKED
-"""The latest version."""
-SCHEMA_RESOURCES = {VERSION_UNTRACKED: "schemas/frame_result.v1.json", VERSION_TRACKED: "schemas/frame_result.v2.json"}
-SCHEMA_RESOURCE = SCHEMA_RESOURCES[VERSION_UNTRACKED]
+"""Frame results with analytics before cameras: version 1 plus ``track_id`` per instance (no longer written)."""
+VERSION_CAMERA = 3
+"""What is written now: ``camera`` on every result, ``track_id`` per instance when tracking."""
+SCHEMA_VERSION = VERSION_CAMERA
+"""The latest version, the one written."""
+SCHEMA_RESOURCES = {
+    VERSION_UNTRACKED: "schemas/frame_result.v1.json",
+    VERSION_TRACKED: "schemas/frame_result.v2.json",
+    VERSION_CAMERA: "schemas/frame_result.v3.json",
+}
+SCHEMA_RESOURCE = SCHEMA_RESOURCES[SCHEMA_VERSION]
 
 BOX_DECIMALS = 1
 """Boxes to a tenth of a pixel: finer than any detector's localisation error."""
@@ -47,11 +60,10 @@ TIMESTAMP_DECIMALS = 6
 """Microsecond resolution for capture times in seconds."""
 
 
-def load_schema(version: int = VERSION_UNTRACKED) -> dict[str, Any]:
+def load_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
     """The frame-result JSON Schema (draft 2020-12) of ``version``, read from the installed package.
 
-    The default is version 1, what runs without tracking write (and what callers of this
-    function before version 2 existed validate); a document says its own in ``version``.
+    The default is the version written now (3); a document says its own in ``version``.
     """
     if version not in SCHEMA_RESOURCES:
         raise ValueError(f"frame-result schema version must be one of {sorted(SCHEMA_RESOURCES)}, got {version!r}")
@@ -82,7 +94,7 @@ def instances_to_dicts(
     """The ``instances`` list of a frame result: one dict per instance, in order.
 
     ``track_ids`` (aligned with the instances; -1, or any id below 1, for none) adds ``track_id``
-    to each, null where there is no track: the version 2 form.
+    to each, null where there is no track (tracking on).
     """
     boxes = np.round(instances.boxes.astype(np.float64), BOX_DECIMALS).tolist()
     scores = np.round(instances.scores.astype(np.float64), SCORE_DECIMALS).tolist()
@@ -110,8 +122,8 @@ def instances_to_dicts(
 
 
 def frame_result_to_dict(result: FrameResult, mask_format: MaskFormat) -> dict[str, Any]:
-    """A frame result as a JSON-ready dict following schema ``edgeseg/frame-result``: version 2
-    (track ids) when the result has analytics, else version 1."""
+    """A frame result as a JSON-ready dict following schema ``edgeseg/frame-result`` version 3:
+    its camera, and track ids when the result has analytics."""
     analytics = result.analytics
     track_ids = None if analytics is None else analytics.tracks.track_ids
     frame = result.frame
@@ -119,7 +131,8 @@ def frame_result_to_dict(result: FrameResult, mask_format: MaskFormat) -> dict[s
     res_h, res_w = result.resolution
     return {
         "schema": SCHEMA_NAME,
-        "version": VERSION_UNTRACKED if track_ids is None else VERSION_TRACKED,
+        "version": VERSION_CAMERA,
+        "camera": str(result.camera),
         "frame_id": int(frame.frame_id),
         "source": printable_name(frame.source),
         "name": printable_name(frame.name),

@@ -4,6 +4,13 @@ The writer is opened at the first frame, whose size fixes the video size; later 
 another size (a resolution change at the source) are resized to it, because a video stream
 cannot change size mid-file.
 
+Several cameras (one sink shared by a ``cameras:`` list): one video per camera, since frames of
+two cameras interleaved in one file would make a video of neither, and their sizes differ. The
+first camera the sink sees writes to the given file; each other camera to the same name with
+``-<camera>`` before the suffix (``out.mp4`` -> ``out-door.mp4``), opened at its first frame,
+logged once, with its own size and room checks. Where the service asks to append, each camera's
+file is started beside an existing one as for the first (``paths.unused_path``).
+
 A full disk or a file-size limit (``ulimit -f``, systemd's ``LimitFSIZE``) must not leave an
 unreadable file: ``cv2.VideoWriter.write`` reports nothing, and an MP4 whose index (the ``moov``
 atom, written at release) did not fit cannot be played at all. So before each frame the sink
@@ -21,7 +28,7 @@ import logging
 import os
 import resource
 from pathlib import Path
-from typing import IO
+from typing import IO, Dict, List, Optional
 
 import cv2
 import numpy as np
@@ -30,7 +37,7 @@ from edgeseg.errors import SinkError
 from edgeseg.sinks.annotate import annotate
 from edgeseg.sinks.base import Sink
 from edgeseg.sinks.locks import lock_exclusive, release
-from edgeseg.sinks.paths import prepare_file
+from edgeseg.sinks.paths import prepare_file, unused_path
 from edgeseg.sources.fsnames import opencv_path
 from edgeseg.structures import FrameResult
 
@@ -76,15 +83,24 @@ def is_video_path(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
-class VideoSink(Sink):
-    """Writes each frame, annotated, to a video file at ``fps`` frames per second."""
+CAMERA_FALLBACK = "camera"
+"""The name part for a camera without a name (a result of no camera, beside named ones)."""
 
-    def __init__(self, path: str | os.PathLike[str], fps: float = DEFAULT_FPS):
-        if not is_video_path(path):
-            extensions = ", ".join(sorted(VIDEO_EXTENSIONS))
-            raise SinkError(f"video output {str(path)!r} needs one of the extensions {extensions}")
-        if fps <= 0:
-            raise SinkError(f"video output {str(path)!r}: fps must be positive, got {fps}")
+
+def camera_path(path: Path, camera: str, directory: bool = False) -> Path:
+    """Where another camera's output goes beside ``path``: ``out.mp4`` -> ``out-<camera>.mp4``; a
+    directory (``directory``) ``frames`` -> ``frames-<camera>``. Camera names are file-name safe."""
+    name = camera or CAMERA_FALLBACK
+    if directory:
+        return path.with_name(f"{path.name}-{name}")
+    return path.with_name(f"{path.stem}-{name}{path.suffix}")
+
+
+class VideoFile:
+    """One annotated video file (the writer behind ``VideoSink``, one per camera): opened at its
+    first frame, finished early when room runs short, locked while open."""
+
+    def __init__(self, path: str | os.PathLike[str], fps: float):
         opencv_path(path, SinkError)  # refused before a directory is made: OpenCV crashes on it
         self.path = prepare_file(path)
         self._cv_path = str(self.path)
@@ -92,7 +108,7 @@ class VideoSink(Sink):
         self.frames_written = 0
         self.size: tuple[int, int] | None = None
         """(width, height) of the video, fixed by the first frame."""
-        self._writer: cv2.VideoWriter | None = None
+        self._writer: Optional[cv2.VideoWriter] = None
         self._closed = False
         self.frames_dropped = 0
         """Frames refused after the video was finished early for lack of room."""
@@ -180,3 +196,90 @@ class VideoSink(Sink):
         finally:
             release(self._lock)
             self._lock = None
+
+
+class VideoSink(Sink):
+    """Writes each frame, annotated, to a video file at ``fps`` frames per second; with several
+    cameras, one file per camera (see the module docstring).
+
+    Args:
+        path: the video file (of the first camera).
+        fps: frames per second written into the videos.
+        append: a further camera's file that exists already is kept and a new one started beside
+            it (the service); the first camera's ``path`` is the caller's to choose.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fps: float = DEFAULT_FPS, append: bool = False):
+        if not is_video_path(path):
+            extensions = ", ".join(sorted(VIDEO_EXTENSIONS))
+            raise SinkError(f"video output {str(path)!r} needs one of the extensions {extensions}")
+        if fps <= 0:
+            raise SinkError(f"video output {str(path)!r}: fps must be positive, got {fps}")
+        self._first = VideoFile(path, fps)
+        self.path = self._first.path
+        self.fps = float(fps)
+        self.append = append
+        self._files: Dict[str, VideoFile] = {}
+        """camera -> its file; the first camera seen has ``path``."""
+        self._closed = False
+
+    @property
+    def files(self) -> List[VideoFile]:
+        """Every camera's file, the first camera's first."""
+        return [self._first, *(f for f in self._files.values() if f is not self._first)]
+
+    @property
+    def paths(self) -> Dict[str, Path]:
+        """camera -> the video it writes to (cameras seen so far)."""
+        return {camera: f.path for camera, f in self._files.items()}
+
+    @property
+    def frames_written(self) -> int:
+        return sum(f.frames_written for f in self.files)
+
+    @property
+    def frames_dropped(self) -> int:
+        """Frames refused after a video was finished early for lack of room."""
+        return sum(f.frames_dropped for f in self.files)
+
+    @property
+    def complete(self) -> bool:
+        """False when a file was found unreadable at close (a write failed under the sink)."""
+        return all(f.complete for f in self.files)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) of the first camera's video, fixed by its first frame."""
+        return self._first.size
+
+    def write(self, result: FrameResult) -> None:
+        if self._closed:
+            raise SinkError(f"video sink {str(self.path)!r} is closed")
+        self._file_of(result.camera).write(result)
+
+    def _file_of(self, camera: str) -> VideoFile:
+        file = self._files.get(camera)
+        if file is not None:
+            return file
+        if not self._files:
+            file = self._first
+        else:
+            target = camera_path(self.path, camera)
+            file = VideoFile(unused_path(target) if self.append else target, self.fps)
+            LOG.info("video: camera %s is written to %s (%s has camera %s)", camera or "(none)", file.path,
+                     self.path, next(iter(self._files)) or "(none)")
+        self._files[camera] = file
+        return file
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        errors: List[SinkError] = []
+        for file in self.files:
+            try:
+                file.close()
+            except SinkError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]

@@ -1,5 +1,6 @@
 // edgeseg dashboard: the live stream, statistics, zones and events from Server-Sent Events, and
-// the controls.
+// the controls. With two cameras or more: a camera selector, a grid of every camera (each tile a
+// frame fetched every GRID_PERIOD_MS, holding no stream slot), and a table of each camera's figures.
 // No libraries and no requests anywhere but this server: the device may have no internet.
 (() => {
   'use strict';
@@ -40,26 +41,43 @@
   };
 
   // -- stream ---------------------------------------------------------------------------------
-  const img = $('stream');
+  let img = $('stream');
   let view = 'result';
+  let camera = '';  // the camera watched; '' = the server's default camera
   let retry = null;
-  const connectStream = () => {
-    clearTimeout(retry);
-    img.src = url('stream.mjpg', { view: view });
-  };
-  img.addEventListener('load', () => $('stream-wait').classList.add('hidden'));
-  img.addEventListener('error', () => {
+  const cameraQuery = () => camera ? { camera: camera } : {};
+  const onStreamError = () => {
     $('stream-wait').classList.remove('hidden');
     $('stream-wait').textContent = 'stream unavailable, retrying…';
     retry = setTimeout(connectStream, 2000);
-  });
+  };
+  const watch = (image) => {
+    image.addEventListener('load', () => $('stream-wait').classList.add('hidden'));
+    image.addEventListener('error', onStreamError);
+  };
+  const connectStream = (fresh) => {
+    clearTimeout(retry);
+    if (fresh) {
+      // Another stream in a new element: Chrome keeps showing an element's old stream until the
+      // new one's first frame is followed by a second, which a quiet camera may not send for
+      // seconds; a new element shows the first frame at once. The old one's request ends with it.
+      const next = img.cloneNode(false);
+      next.removeAttribute('src');
+      watch(next);
+      img.removeAttribute('src');
+      img.replaceWith(next);
+      img = next;
+    }
+    img.src = url('stream.mjpg', { view: view, ...cameraQuery() });
+  };
+  watch(img);
   for (const name of ['result', 'input']) {
     $('view-' + name).addEventListener('click', () => {
       if (view === name) return;
       view = name;
       $('view-result').classList.toggle('on', name === 'result');
       $('view-input').classList.toggle('on', name === 'input');
-      connectStream();
+      connectStream(true);
     });
   }
   connectStream();
@@ -153,6 +171,7 @@
 
   const renderFrame = (f) => {
     if (!f) return;
+    setText('cap-camera', String(f.camera ?? ''));
     setText('cap-frame', String(f.frame_id));
     setText('cap-res', f.resolution ? `${f.resolution[1]}×${f.resolution[0]}` : '–');
     setText('cap-size', f.image_size ? `${f.image_size[1]}×${f.image_size[0]}` : '–');
@@ -277,6 +296,116 @@
     }
   };
 
+  // -- cameras: the selector, the grid and the table (shown with two cameras or more) -----------
+  // Camera names are the user's: they go into the page as text only, like zone names.
+  const GRID_PERIOD_MS = 500;
+  const tiles = new Map();  // camera name -> {box, img, state, url}
+  let cameraNames = [];
+  let shownCamera = '';  // the camera the main view shows now (the default one while camera is '')
+  let selectCamera = () => {};  // set once the event stream below exists
+
+  const markSelected = () => {
+    for (const [name, tile] of tiles) tile.box.classList.toggle('on', name === shownCamera);
+    const select = $('camera');
+    if (select.value !== shownCamera && cameraNames.includes(shownCamera)) select.value = shownCamera;
+    setText('chart-camera', cameraNames.length > 1 && shownCamera ? '· ' + shownCamera : '');
+  };
+
+  const makeTile = (name) => {
+    const box = el('button', 'tile');
+    box.type = 'button';
+    box.title = name;
+    box.dataset.camera = name;
+    const image = el('img');
+    image.alt = name;
+    const label = el('span', 'tile-label');
+    label.appendChild(el('b', null, name));
+    const state = el('span', 'tile-state', '–');
+    label.appendChild(state);
+    box.appendChild(image);
+    box.appendChild(label);
+    box.addEventListener('click', () => selectCamera(name));
+    return { box: box, img: image, state: state, url: null };
+  };
+
+  // One frame per tile per GRID_PERIOD_MS, fetched (the token in a header, no cache) and shown
+  // from a blob: every request is short, so many cameras never hold many connections.
+  const refreshTile = async (name, tile) => {
+    try {
+      const headers = token ? { Authorization: 'Bearer ' + token } : {};
+      const r = await fetch('frame.jpg?' + new URLSearchParams({ camera: name }),
+        { headers: headers, cache: 'no-store' });
+      if (!r.ok) return;
+      const blob = await r.blob();
+      const previous = tile.url;
+      tile.url = URL.createObjectURL(blob);
+      tile.img.src = tile.url;
+      if (previous) URL.revokeObjectURL(previous);
+    } catch (e) { /* the next round tries again */ }
+  };
+  const refreshGrid = async () => {
+    if (tiles.size && !document.hidden) await Promise.all(Array.from(tiles, ([n, t]) => refreshTile(n, t)));
+    setTimeout(refreshGrid, GRID_PERIOD_MS);
+  };
+
+  const cameraRow = (c) => {
+    const tr = el('tr');
+    const name = el('td');
+    const dot = el('span', 'dot ' + (c.online === false ? 'off' : c.online ? 'up' : 'unknown'));
+    name.appendChild(dot);
+    name.appendChild(document.createTextNode(String(c.name)));
+    name.title = [c.name, c.uri].filter(Boolean).join(' · ');
+    tr.appendChild(name);
+    tr.appendChild(el('td', 'num', fmt(c.fps, 1)));
+    for (const k of ['captured', 'processed', 'dropped', 'restarts']) tr.appendChild(el('td', 'num', int(c[k])));
+    tr.classList.toggle('on', c.name === shownCamera);
+    tr.addEventListener('click', () => selectCamera(c.name));
+    return tr;
+  };
+
+  const dropTile = (name) => {
+    const tile = tiles.get(name);
+    tile.box.remove();
+    if (tile.url) URL.revokeObjectURL(tile.url);
+    tiles.delete(name);
+  };
+
+  const renderCameras = (list, current) => {
+    const cams = (Array.isArray(list) ? list : []).filter((c) => c && typeof c.name === 'string');
+    const names = cams.map((c) => c.name);
+    if (typeof current === 'string') shownCamera = current;
+    if (camera && names.length && !names.includes(camera)) {  // the camera watched was removed
+      selectCamera('');
+      return;
+    }
+    const many = names.length > 1;
+    for (const id of ['camera', 'cameras-panel', 'camera-stats', 'cap-camera-box']) {
+      $(id).classList.toggle('hidden', !many);
+    }
+    if (names.join('\n') !== cameraNames.join('\n')) {
+      cameraNames = names;
+      $('camera').replaceChildren(...names.map((n) => { const o = el('option', null, n); o.value = n; return o; }));
+      const wanted = many ? names : [];  // one camera: the page as it always was, no tile fetched
+      for (const name of Array.from(tiles.keys())) if (!wanted.includes(name)) dropTile(name);
+      const grid = $('camera-grid');
+      for (const name of wanted) {
+        if (!tiles.has(name)) tiles.set(name, makeTile(name));
+        grid.appendChild(tiles.get(name).box);  // in the cameras' order
+      }
+    }
+    for (const c of cams) {
+      const tile = tiles.get(c.name);
+      if (!tile) continue;
+      const text = c.online === false ? 'offline' : (num(c.fps) ? fmt(c.fps, 1) + ' FPS' : '–');
+      if (tile.state.textContent !== text) tile.state.textContent = text;
+      tile.box.classList.toggle('offline', c.online === false);
+    }
+    $('camera-rows').replaceChildren(...(many ? cams.map(cameraRow) : []));
+    markSelected();
+  };
+  $('camera').addEventListener('change', () => selectCamera($('camera').value));
+  refreshGrid();
+
   // -- tracking: zones, lines and the events list ----------------------------------------------
   // Zone and line names are the user's, and event documents carry them: every value goes into
   // the page as text (textContent, createTextNode), never as markup.
@@ -365,6 +494,7 @@
     const li = el('li', 'ev-' + type);
     const head = el('div', 'ev-head');
     head.appendChild(el('span', 'ev-time', clock(e.time)));
+    if (cameraNames.length > 1 && e.camera) head.appendChild(el('span', 'ev-camera', String(e.camera)));
     head.appendChild(el('span', 'ev-type', String(e.type)));
     head.appendChild(el('b', null, String(d.class ?? d.class_name ?? d.label ?? '?')));
     head.appendChild(el('span', 'ev-track', '#' + String(e.track_id)));
@@ -512,10 +642,10 @@
     s.textContent = text;
     s.className = 'pill pill-' + kind;
   };
-  const events = new EventSource(url('events'));
-  events.addEventListener('stats', (e) => {
+  const onStats = (e) => {
     let p;
     try { p = JSON.parse(e.data); } catch (err) { return; }
+    renderCameras(p.cameras, p.camera);
     renderStats(p.stats, p.time);
     setText('stats-note', p.stats_error ? 'pipeline restarting…' : '');
     renderFrame(p.frame);
@@ -529,13 +659,35 @@
     else if (p.stats_error) status('restarting', 'wait');
     else status('live', 'live');
     if (img.naturalWidth > 0) $('stream-wait').classList.add('hidden');
-  });
-  events.addEventListener('events', (e) => {
+  };
+  const onEvents = (e) => {
     let p;
     try { p = JSON.parse(e.data); } catch (err) { return; }
     addEvents(p.events);
-  });
-  events.addEventListener('open', () => { resync = true; });
-  events.addEventListener('error', () => status('disconnected', 'bad'));
+  };
+  let events = null;
+  const connectEvents = () => {
+    if (events) events.close();
+    events = new EventSource(url('events', cameraQuery()));
+    events.addEventListener('stats', onStats);
+    events.addEventListener('events', onEvents);
+    events.addEventListener('open', () => { resync = true; });
+    events.addEventListener('error', () => status('disconnected', 'bad'));
+  };
+  // Another camera in the main view: its stream, and its figures from an event stream of its own.
+  selectCamera = (name) => {
+    if (name === camera) return;
+    camera = name;
+    shownCamera = name || shownCamera;
+    e2e.length = 0;
+    inf.length = 0;
+    setText('fig-latency', '–');
+    $('stream-wait').textContent = 'waiting for frames…';
+    $('stream-wait').classList.remove('hidden');
+    markSelected();
+    connectStream(true);
+    connectEvents();
+  };
+  connectEvents();
   drawChart();
 })();
