@@ -189,7 +189,9 @@ def open_camera(config: Config, spec: CameraSpec, model: Model, append: bool = F
             sinks.append(sink)
         setup = CameraSetup(
             spec.name,
-            Preprocessor(model.spec.normalization, pool_size=3 + config.pipeline.inference_workers),
+            # One tensor being filled, one waiting, one per inference worker: the camera's buffer
+            # hands over newest-first (live) or waits (files), so a deeper pool only holds memory.
+            Preprocessor(model.spec.normalization, pool_size=2 + config.pipeline.inference_workers),
             model=pinned,
             overrides=dict(spec.postprocess),
             analytics=build_analytics(config, model, spec),

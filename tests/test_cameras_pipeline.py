@@ -325,3 +325,38 @@ def test_cameras_come_and_go_while_the_others_run(model: Model, folders: List[Pa
         pipeline.stop()
         pipeline.join(30)
     assert ("going", False) in sink.status
+
+
+class BlockedSink(RecordingSink):
+    """A camera's own output stuck (a dead disk): every write waits until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, result: FrameResult) -> None:
+        self.release.wait(60)
+        super().write(result)
+
+
+def test_a_camera_whose_output_is_stuck_does_not_hold_up_the_others(model: Model, folders: List[Path]) -> None:
+    image = np.full((240, 320, 3), 90, np.uint8)
+    stuck_sink = BlockedSink()
+    shared = RecordingSink()
+    stuck = _lane(model, "stuck", MemoryLive(image, 0.005, "stuck"))
+    stuck.sinks.append(stuck_sink)
+    pipeline = Pipeline(None, _processor(model), [shared], cameras=[stuck, _lane(model, "files", _files(folders[0]))],
+                        inference_priority=False)
+    pipeline.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(shared.frames_of("files")) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Every frame of the file camera went through while the other camera's output was stuck
+        # on its first frame (the inference stage took no more of its frames meanwhile).
+        assert shared.frames_of("files") == list(range(6))
+        assert stuck_sink.results == []
+    finally:
+        stuck_sink.release.set()
+        pipeline.stop()
+        pipeline.join(30)

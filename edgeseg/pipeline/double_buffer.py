@@ -24,8 +24,10 @@ SLOTS = 2
 class DoubleBuffer(Generic[T]):
     """A two-slot bounded hand-off between one producer and one consumer thread."""
 
-    def __init__(self, newest_only: bool = False, on_drop: Callable[[T], None] | None = None):
+    def __init__(self, newest_only: bool = False, on_drop: Callable[[T], None] | None = None, slots: int = SLOTS):
         self.newest_only = newest_only
+        #: Capacity: two by default; a camera's output buffer holds as many as it may have in flight.
+        self.slots = slots
         #: Gets each dropped item (pooled memory goes back); settable until the first put.
         self.on_drop = on_drop
         self._slots: deque[T] = deque()
@@ -41,11 +43,11 @@ class DoubleBuffer(Generic[T]):
         with self._lock:
             if self._closed:
                 return False
-            if len(self._slots) >= SLOTS:
+            if len(self._slots) >= self.slots:
                 if self.newest_only:
                     dropped = self._slots.popleft()
                     self.drops += 1
-                elif not self._free.wait_for(lambda: len(self._slots) < SLOTS or self._closed, timeout):
+                elif not self._free.wait_for(lambda: len(self._slots) < self.slots or self._closed, timeout):
                     return False
                 elif self._closed:
                     return False

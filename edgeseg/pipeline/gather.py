@@ -48,22 +48,25 @@ class Gatherer:
         with self._cond:
             self._cond.wait_for(lambda: self._version != seen, timeout)
 
-    def _sweep(self, queues: Sequence[Queue[T]], skip: set, limit: int, out: List[T], given: set) -> None:
-        """One pass over the queues from the rotating start: at most one item each."""
+    def _sweep(self, queues: Sequence[Queue[T]], room: Callable[[int], int], taken: List[int], limit: int,
+               out: List[T], given: set) -> None:
+        """One pass over the queues from the rotating start: at most one item each, and none from
+        a queue whose room (now, less what this call took) is used up."""
         n = len(queues)
         for k in range(n):
             if len(out) >= limit:
                 return
             i = (self._start + k) % n
-            if i in skip:
+            if room(i) - taken[i] <= 0:
                 continue
             item = queues[i].get(timeout=0)
             if item is not None:
                 out.append(item)
                 given.add(i)
+                taken[i] += 1
 
     def take(self, queues: Sequence[Queue[T]], limit: int, gather_s: float, wait_s: float,
-             active: Optional[Sequence[bool]] = None) -> List[T]:
+             active: Optional[Sequence[bool]] = None, room: Optional[Callable[[int], int]] = None) -> List[T]:
         """Up to ``limit`` items, round-robin; [] when none came within ``wait_s``.
 
         Args:
@@ -73,17 +76,22 @@ class Gatherer:
             wait_s: how long to wait for a first item.
             active: per queue, whether it may still produce (a camera whose capture ended is
                 not waited for); default all.
+            room: queue index -> how many items it may give now, asked again at every sweep (a
+                camera whose results still wait for its output thread gives none: its slow
+                output never holds up the others); default no limit.
         """
         if not queues or limit < 1:
             return []
         alive = list(active) if active is not None else [True] * len(queues)
+        room_of: Callable[[int], int] = room if room is not None else (lambda _i: limit)
+        taken = [0] * len(queues)
         out: List[T] = []
         given: set = set()
         deadline = self._clock() + wait_s
         while True:
             with self._cond:
                 seen = self._version
-            self._sweep(queues, set(), limit, out, given)
+            self._sweep(queues, room_of, taken, limit, out, given)
             if out:
                 break
             left = deadline - self._clock()
@@ -97,10 +105,10 @@ class Gatherer:
             with self._cond:
                 seen = self._version
             before = len(out)
-            self._sweep(queues, set(), limit, out, given)
+            self._sweep(queues, room_of, taken, limit, out, given)
             if len(out) > before:
                 continue
-            waiting_for = [i for i in range(len(queues)) if i not in given and alive[i]]
+            waiting_for = [i for i in range(len(queues)) if i not in given and alive[i] and room_of(i) - taken[i] > 0]
             left = gather_until - self._clock()
             if not waiting_for or left <= 0:
                 break

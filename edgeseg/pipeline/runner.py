@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 from edgeseg.errors import SinkError, SourceError
 from edgeseg.pipeline import priority
 from edgeseg.pipeline.cameras import CameraLane, CameraStats
+from edgeseg.pipeline.double_buffer import DoubleBuffer
 from edgeseg.pipeline.gather import Gatherer
 from edgeseg.pipeline.processor import CameraSetup, FrameProcessor, Work
 from edgeseg.pipeline.stats import StageTimes
@@ -162,12 +163,17 @@ class Pipeline:
         self._error: BaseException | None = None
         self._failed_sinks: set[int] = set()
         self._take_lock = threading.Lock()
+        self._inflight_lock = threading.Lock()
         self._out_lock = threading.Lock()
         self._gatherer = Gatherer()
         self._ended = False
         self._started = False
         self._announce_offline = True
         self._workers_left = inference_workers
+        #: Frames one camera may have between inference and its output thread: enough for every
+        #: worker, and never more than its output buffer holds, so a worker never waits on one
+        #: camera's slow output (the others would wait with it).
+        self._room = max(1, inference_workers)
         self._heartbeats: dict[str, float] = {}
         self._workers = [
             threading.Thread(target=self._guard, args=(self._inference_loop,), name=f"edgeseg-inference-{i}",
@@ -187,6 +193,7 @@ class Pipeline:
         if any(other.name == lane.name for other in self._all):
             raise ValueError(f"camera {lane.name!r} is already in the pipeline")
         lane.to_infer.on_drop = self.processor.release
+        lane.to_output = DoubleBuffer(slots=self._room)
         lane.threads = [
             threading.Thread(target=self._guard_capture, args=(lane, lane.generation),
                              name=self._thread_name("capture", lane), daemon=True),
@@ -487,13 +494,21 @@ class Pipeline:
                     self._ended = True
                     return None
                 lanes = list(self._lanes)
-                batch = self._gatherer.take([lane.to_infer for lane in lanes], self._batch_limit(), self.gather_s,
-                                            POLL_S, [not lane.capture_done.is_set() for lane in lanes])
+
+                def room(i: int, lanes: List[CameraLane] = lanes) -> int:
+                    return self._room - lanes[i].inflight - len(lanes[i].to_output)
+
+                batch = self._gatherer.take(
+                    [lane.to_infer for lane in lanes], self._batch_limit(), self.gather_s, POLL_S,
+                    active=[not lane.capture_done.is_set() for lane in lanes],
+                    room=room,
+                )
                 for work in batch:
                     lane = self._lane_of[id(work.camera)]
                     work.seq = lane.next_seq
                     lane.next_seq += 1
-                    lane.inflight += 1
+                    with self._inflight_lock:
+                        lane.inflight += 1
                 if batch:
                     return batch
 
@@ -516,7 +531,7 @@ class Pipeline:
                 for work in batch:
                     lane = self._lane_of[id(work.camera)]
                     lane.to_output.put(work)
-                    with self._take_lock:
+                    with self._inflight_lock:  # not the take lock: a gathering worker holds that
                         lane.inflight -= 1
                 self._gatherer.wake()
         finally:
@@ -548,6 +563,7 @@ class Pipeline:
         if self.inference_priority:
             priority.lower_current_thread()
         for work in self._in_order(lane):
+            self._gatherer.wake()  # room for this camera's next frame
             result = self.processor.finish(work)
             t0 = time.perf_counter()
             write_to_sinks(result, lane.sinks, lane.failed_sinks, self.counters, self._out_lock)
