@@ -163,6 +163,14 @@ def check_batch(config: Config, model: Model) -> None:
                  model.spec.name, config.pipeline.batch)
 
 
+def camera_pool_size(live: bool, config: Config) -> int:
+    """Input tensors a camera's pool holds. Live: one being filled, two in its newest-only buffer
+    and one per inference worker, so that capture keeps reading (and dropping the oldest) while
+    inference runs. A file waits anyway (lossless): one being filled or waiting and one per worker
+    keep inference fed, and every further tensor would only hold memory (5 MB each at 640)."""
+    return (3 if live else 1) + config.pipeline.inference_workers
+
+
 def open_camera(config: Config, spec: CameraSpec, model: Model, append: bool = False,
                 fixed: Optional[Dict[int, Model]] = None) -> OpenedCamera:
     """Open one camera of ``config``: its source, its own sinks, its analytics and tensor pool.
@@ -189,9 +197,7 @@ def open_camera(config: Config, spec: CameraSpec, model: Model, append: bool = F
             sinks.append(sink)
         setup = CameraSetup(
             spec.name,
-            # One tensor being filled, one waiting, one per inference worker: the camera's buffer
-            # hands over newest-first (live) or waits (files), so a deeper pool only holds memory.
-            Preprocessor(model.spec.normalization, pool_size=2 + config.pipeline.inference_workers),
+            Preprocessor(model.spec.normalization, pool_size=camera_pool_size(source.live, config)),
             model=pinned,
             overrides=dict(spec.postprocess),
             analytics=build_analytics(config, model, spec),
