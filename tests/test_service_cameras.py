@@ -8,66 +8,29 @@ End to end on the repository's demo bundle, with looping image folders as camera
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import List, Optional
 
 import pytest
-
-from edgeseg.flash.daemon import Verdict, read_verdict
-from edgeseg.service.daemon import Daemon
+from test_service_daemon_reload import Served as DaemonServed
+from test_service_daemon_reload import _wait
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "engines" / "demo"
-WAIT_S = 60.0
 
 
-def _wait(check: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+class Served(DaemonServed):
+    """A daemon serving a ``cameras:`` list of looping image folders (start, reload and stop as
+    in test_service_daemon_reload)."""
 
-
-class Served:
-    def __init__(self, tmp_path: Path):
-        self.images = tmp_path / "imgs"
-        self.images.mkdir()
-        for p in sorted((DEMO / "selftest").glob("*.jpg")):
-            (self.images / p.name).write_bytes(p.read_bytes())
-        self.config = tmp_path / "config.yaml"
-        self.pid_file = tmp_path / "edgeseg.pid"
-        self.daemon: Optional[Daemon] = None
-        self.thread: Optional[threading.Thread] = None
-
-    def write(self, cameras: List[str], extra: str = "") -> None:
+    def write(self, cameras: List[str], extra: str = "") -> None:  # type: ignore[override]
         listed = "".join(f"  - {{name: {name}, uri: '{self.images}', loop: true}}\n" for name in cameras)
         self.config.write_text(
             f"model:\n  path: {DEMO}\n  threads: 1\n"
             f"cameras:\n{listed}"
             f"engines:\n  pid_file: {self.pid_file}\n{extra}"
         )
-
-    def start(self) -> Daemon:
-        self.daemon = Daemon(str(self.config))
-        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
-        self.thread.start()
-        _wait(lambda: read_verdict(self.pid_file) is not None and self.daemon is not None
-              and self.daemon.session.generation is not None, "the daemon to start")
-        return self.daemon
-
-    def reload(self) -> Verdict:
-        assert self.daemon is not None
-        before = read_verdict(self.pid_file)
-        count = before.reloads if before is not None else 0
-        self.daemon.request_reload()
-        _wait(lambda: (read_verdict(self.pid_file) or before or Verdict(0, -1, False, "")).reloads > count,
-              "the reload's verdict")
-        verdict = read_verdict(self.pid_file)
-        assert verdict is not None
-        return verdict
 
     def processed(self, camera: str) -> int:
         generation = self.daemon.session.generation if self.daemon is not None else None
@@ -78,12 +41,6 @@ class Served:
         generation = self.daemon.session.generation if self.daemon is not None else None
         assert generation is not None
         return generation.pipeline.camera_names()
-
-    def stop(self) -> None:
-        if self.daemon is not None and self.thread is not None:
-            self.daemon.request_stop()
-            self.thread.join(WAIT_S)
-            assert not self.thread.is_alive()
 
 
 @pytest.fixture()
