@@ -260,3 +260,29 @@ def test_unexpected_stage_failure_ends_the_run_and_is_reraised(model: Model, ima
         pipeline = Pipeline(source, _processor(model), [FailingSink(RuntimeError("boom"))])
         with pytest.raises(RuntimeError, match="boom"):
             pipeline.run()
+
+
+class FailsOnceOutputIsBehind(Sink):
+    """Fails on its first write, but only once the next frame already waits for the output thread:
+    the inference stage then holds frames that no output thread will ever take."""
+
+    def __init__(self) -> None:
+        self.pipeline: Pipeline | None = None
+
+    def write(self, result: FrameResult) -> None:
+        assert self.pipeline is not None
+        lane = self.pipeline._all[0]
+        deadline = time.monotonic() + 10
+        while len(lane.to_output) == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        raise RuntimeError("boom with frames in flight")
+
+
+def test_a_failure_with_frames_in_flight_still_ends_every_thread(model: Model, images: Path) -> None:
+    sink = FailsOnceOutputIsBehind()
+    with open_source(str(images)) as source:
+        pipeline = Pipeline(source, _processor(model), [sink], inference_priority=False)
+        sink.pipeline = pipeline
+        with pytest.raises(RuntimeError, match="frames in flight"):
+            pipeline.run()
+    assert not pipeline.running

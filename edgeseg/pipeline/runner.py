@@ -489,6 +489,9 @@ class Pipeline:
         while True:
             self._beat()
             with self._take_lock:
+                if self._error is not None:
+                    self._discard_waiting()  # a stage failed: its output thread may be gone
+                    return None
                 self._retire_drained()
                 if not self._lanes:
                     self._ended = True
@@ -511,6 +514,13 @@ class Pipeline:
                         lane.inflight += 1
                 if batch:
                     return batch
+
+    def _discard_waiting(self) -> None:
+        """After a fatal error: give the tensors of frames still waiting back to their pools (the
+        cameras' output threads may have ended, so nothing waits for these frames any more)."""
+        for lane in list(self._lanes):
+            while (work := lane.to_infer.get(timeout=0)) is not None:
+                self.processor.release(work)
 
     def _retire_drained(self) -> None:
         """Cameras whose capture ended and whose frames all left inference: their output ends."""
