@@ -61,43 +61,50 @@ def _base(args: argparse.Namespace) -> List[str]:
            "--log-level", "warning", "--threads", str(args.threads)]
     if args.imgsz:
         cmd += ["--imgsz", str(args.imgsz)]
+    if args.batch > 1:
+        cmd += ["--batch", str(args.batch)]
     return cmd
+
+
+def _once(cmds: List[List[str]]) -> Tuple[int, float, List[float]]:
+    """Start every command at once; frames written, wall time to the last end, peak RSS of each."""
+    t0 = time.perf_counter()
+    procs = [_run(cmd)[0] for cmd in cmds]
+    results = [_wait(p) for p in procs]
+    wall = time.perf_counter() - t0
+    for _, out, rc in results:
+        if rc != 0:
+            raise SystemExit(out[-2000:])
+    return sum(_frames(o) for _, o, _ in results), wall, [r for r, _, _ in results]
+
+
+def _median_run(cmds: List[List[str]], repeat: int) -> Tuple[int, float, List[float]]:
+    """The run of median aggregate FPS among ``repeat`` (the machine's other load varies)."""
+    runs = sorted((_once(cmds) for _ in range(repeat)), key=lambda r: r[0] / r[1])
+    return runs[len(runs) // 2]
 
 
 def scale(args: argparse.Namespace) -> None:
     n = args.cameras
-    rows: List[Tuple[str, int, float, float, List[float]]] = []
-    # One camera, one process: the memory baseline.
-    proc, t0 = _run([*_base(args), "--source", f"cam0={args.source}"])
-    rss, out, rc = _wait(proc)
-    wall = time.perf_counter() - t0
-    rows.append(("1 camera, 1 process", _frames(out), wall, rss, [rss]))
-    # N cameras in one process.
-    cmd = [*_base(args), *(x for k in range(n) for x in ("--source", f"cam{k}={args.source}"))]
-    if args.batch > 1:
-        cmd += ["--batch", str(args.batch)]
-    proc, t0 = _run(cmd)
-    rss, out, rc = _wait(proc)
-    if rc != 0:
-        raise SystemExit(out[-2000:])
-    wall = time.perf_counter() - t0
-    rows.append((f"{n} cameras, 1 process" + (f", batch {args.batch}" if args.batch > 1 else ""),
-                 _frames(out), wall, rss, [rss]))
-    # N processes of one camera each, at the same time.
-    t0 = time.perf_counter()
-    procs = [_run([*_base(args), "--source", f"cam{k}={args.source}"])[0] for k in range(n)]
-    results = [_wait(p) for p in procs]
-    wall = time.perf_counter() - t0
-    rows.append((f"{n} processes, 1 camera each", sum(_frames(o) for _, o, _ in results), wall,
-                 max(r for r, _, _ in results), [r for r, _, _ in results]))
-    base_rss = rows[0][3]
+    extra = args.one_process_args.split()
+    each = args.process_args.split()
+    sources = [x for k in range(n) for x in ("--source", f"cam{k}={args.source}")]
+    plans = [
+        ("1 camera, 1 process", [[*_base(args), *extra, "--source", f"cam0={args.source}"]]),
+        (f"{n} cameras, 1 process" + (f" ({args.one_process_args})" if extra else ""),
+         [[*_base(args), *extra, *sources]]),
+        (f"{n} processes, 1 camera each" + (f" ({args.process_args})" if each else ""),
+         [[*_base(args), *each, "--source", f"cam{k}={args.source}"] for k in range(n)]),
+    ]
+    rows = [(name, *_median_run(cmds, args.repeat)) for name, cmds in plans]
+    base_rss = rows[0][3][0]
     print(f"model {args.model}" + (f" at {args.imgsz}" if args.imgsz else "") + f", source {args.source}, "
-          f"{args.frames} frames per camera, --threads {args.threads}")
+          f"{args.frames} frames per camera, --threads {args.threads}; median of {args.repeat} runs")
     print("| run | frames | wall s | aggregate FPS | peak RSS MB (per process) | RSS vs 1 camera |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for name, frames, wall, _peak, each in rows:
+    for name, frames, wall, rss in rows:
         print(f"| {name} | {frames} | {wall:.1f} | {frames / wall:.1f} | "
-              f"{' + '.join(f'{r:.0f}' for r in each)} | {sum(each) / base_rss:.2f}x |")
+              f"{' + '.join(f'{r:.0f}' for r in rss)} | {sum(rss) / base_rss:.2f}x |")
 
 
 def unplug(args: argparse.Namespace) -> None:
@@ -175,6 +182,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         s.add_argument("--imgsz", type=int, default=0)
         s.add_argument("--threads", type=int, default=0)
         s.add_argument("--batch", type=int, default=1)
+        s.add_argument("--repeat", type=int, default=3, help="scale: runs per configuration (median)")
+        s.add_argument("--one-process-args", default="", help="scale: extra edgeseg run flags of the 1-process runs")
+        s.add_argument("--process-args", default="", help="scale: extra flags of each single-camera process")
     args = p.parse_args(argv)
     {"scale": scale, "unplug": unplug}[args.cmd](args)
 

@@ -478,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from edgeseg.platform.allocator import pin_mmap_threshold
+
+    pin_mmap_threshold()  # before the first frame: big per-frame buffers go back to the system
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
