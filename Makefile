@@ -14,12 +14,17 @@ DEMO_OUT    ?= out/demo
 # numpy 1.23 to 2.x here) and for the GUI opencv-python beside our headless one. Its real needs
 # (numpy, scipy) are the runtime's own; tabulate only for its table printing.
 TRACKEVAL := 'trackeval>=1.3,<2' 'tabulate>=0.9'
+# The OpenVINO backend (the `openvino` extra) and NNCF, its int8 post-training quantisation, in
+# the main venv only: the runtime's compat venvs (3.8, 3.10) test without them (their OpenVINO
+# tests skip), as a Jetson has no OpenVINO.
+OPENVINO := 'openvino>=2024.0' 'nncf>=2.10'
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,export]'
 	$(PY) -m pip install --quiet --no-deps $(TRACKEVAL)
+	$(PY) -m pip install --quiet $(OPENVINO)
 	touch $@
 
 setup: $(VENV)/.installed

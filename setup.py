@@ -30,6 +30,8 @@ EXTRAS = {
     # NVIDIA devices: TensorRT and pycuda come from JetPack or NVIDIA's index, not PyPI.
     "trt": ["tensorrt", "pycuda"],
     "jetson": ["jetson-stats>=4.2"],
+    # Intel and AMD x86 boxes, Intel GPUs and NPUs: the OpenVINO backend (model.backend: openvino).
+    "openvino": ["openvino>=2024.0"],
     # Test tools, plus the export stage's ONNX tools (its torch-based steps are tested where torch is).
     "dev": [
         # pytest-timeout: the suite-wide bound of pyproject.toml; 2.x installs on Python 3.8 to 3.13.

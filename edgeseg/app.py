@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from edgeseg.config import Config
 from edgeseg.config.cameras import CameraSpec
 from edgeseg.errors import ConfigError
-from edgeseg.model import LoadOptions, Model
+from edgeseg.model import LoadOptions, Model, OpenVinoOptions
 from edgeseg.pipeline.cameras import CameraLane
 from edgeseg.pipeline.processor import CameraSetup, FrameProcessor
 from edgeseg.pipeline.runner import Pipeline, ResultCallback
@@ -208,10 +208,15 @@ def open_camera(config: Config, spec: CameraSpec, model: Model, append: bool = F
 
 
 def load_options(config: Config, spin: bool = False) -> LoadOptions:
-    """How every model of this configuration is loaded (``model`` and ``pipeline.inference_workers``)."""
+    """How every model of this configuration is loaded (``model`` and ``pipeline.inference_workers``).
+
+    ``model.openvino.cache_dir`` is resolved here (null: the user's cache directory), so that the
+    loaders below see a path or None and never read the environment themselves."""
     m = config.model
+    ov = m.openvino
     return LoadOptions(threads=m.threads, device=m.device, precision=m.precision,
-                       workers=config.pipeline.inference_workers, spin=spin)
+                       workers=config.pipeline.inference_workers, spin=spin, backend=m.backend,
+                       openvino=OpenVinoOptions(ov.device, ov.precision, ov.resolved_cache_dir()))
 
 
 def open_model(config: Config, spin: bool = False) -> Model:

@@ -137,6 +137,12 @@ def _add_common(p: argparse.ArgumentParser, *, source: bool = True, cameras: boo
                    help="frames inferred concurrently (default 1)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"], help="engine precision of a bundle")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "openvino", "tensorrt"],
+                   help="what runs the model (auto: ONNX Runtime for an ONNX file, a bundle's own choice)")
+    p.add_argument("--ov-device", metavar="DEVICE",
+                   help="OpenVINO device: CPU, GPU, GPU.1, NPU, AUTO (with --backend openvino)")
+    p.add_argument("--ov-precision", choices=["auto", "f32", "bf16", "f16"],
+                   help="OpenVINO inference precision (auto: the device's default, bf16 on a CPU with bf16)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
 
 
@@ -144,7 +150,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Flags that were given, as a nested document to lay over the config file."""
     table: dict[str, tuple[str, str]] = {
         "model": ("model", "path"), "imgsz": ("model", "imgsz"), "threads": ("model", "threads"),
-        "device": ("model", "device"), "precision": ("model", "precision"),
+        "device": ("model", "device"), "precision": ("model", "precision"), "backend": ("model", "backend"),
         "source": ("source", "uri"), "loop": ("source", "loop"),
         "conf": ("postprocess", "conf_threshold"), "nms": ("postprocess", "nms"),
         "iou": ("postprocess", "iou_threshold"), "max_det": ("postprocess", "max_detections"),
@@ -156,6 +162,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag, None)
         if value is not None and not isinstance(value, list):  # run's repeated --source: below
             out.setdefault(section, {})[key] = value
+    for flag, key in (("ov_device", "device"), ("ov_precision", "precision")):
+        if getattr(args, flag, None) is not None:
+            out.setdefault("model", {}).setdefault("openvino", {})[key] = getattr(args, flag)
     if getattr(args, "log_level", None):
         out["log_level"] = args.log_level
     if getattr(args, "sink", None):

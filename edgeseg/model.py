@@ -14,7 +14,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Final, Literal, Optional, Tuple
 
 from edgeseg.backends.base import Backend, NetworkInfo, TensorInfo, leading_dim
 from edgeseg.bundle.device import probe_device
@@ -29,6 +29,9 @@ from edgeseg.sources.fsnames import os_error_text, printable_name
 log = logging.getLogger(__name__)
 
 Family = Literal["yolov8-seg", "edgeseg"]
+#: What runs a model (``model.backend``): see ``load_model``.
+BackendChoice = Literal["auto", "onnxruntime", "openvino", "tensorrt"]
+BACKENDS: Final[Tuple[str, ...]] = ("auto", "onnxruntime", "openvino", "tensorrt")
 
 #: Input resolutions the decoder supports (multiples of the stride within this range).
 MIN_INPUT_SIZE = 320
@@ -266,9 +269,12 @@ def open_engine(
 
 
 def _load_bundle(
-    path: Path, imgsz: int | None, threads: int, device: str, spin: bool, precision: PrecisionChoice, workers: int
+    path: Path, imgsz: int | None, threads: int, device: str, spin: bool, precision: PrecisionChoice, workers: int,
+    runtime: str = "auto",
 ) -> Model:
     """Pick the bundle's engine for this device and resolution, check it, load it and self-test it.
+
+    ``runtime`` "onnxruntime" or "tensorrt" keeps to that runtime's engines (``model.backend``).
 
     An engine that fails its self-test (``edgeseg.bundle.selftest``) is closed and the next
     candidate (``candidate_engines``: other precisions, then the ONNX Runtime twin) is tried; a
@@ -279,6 +285,14 @@ def _load_bundle(
     here = probe_device()
     refused: list[tuple[str, str]] = []  # (engine file, one-line reason)
     candidates = candidate_engines(manifest, here, imgsz, precision)
+    if runtime != "auto":
+        kept = [e for e in candidates if e.runtime == runtime]
+        if not kept:
+            wanted = max(candidates[0].resolution)
+            have = ", ".join(sorted({e.runtime for e in candidates}))
+            raise BundleError(f"bundle {manifest.name}: model.backend {runtime!r}: no {runtime} engine at {wanted} "
+                              f"runs here (it has {have})")
+        candidates = kept
     for engine in candidates:
         held = LEDGER.cached(path, engine)
         if held is not None and not held.passed:
@@ -317,6 +331,88 @@ def _load_bundle(
 
 
 @dataclass(frozen=True)
+class OpenVinoOptions:
+    """How the OpenVINO backend compiles a network (``model.openvino``, with its cache resolved).
+
+    Attributes:
+        device: the OpenVINO device (CPU, GPU, GPU.1, NPU, AUTO ...).
+        precision: its inference precision: "auto" (the device's default), "f32", "bf16", "f16".
+        cache_dir: the compiled-model cache; None = no cache (``edgeseg.app.load_options``
+            resolves the configuration's default to ~/.cache/edgeseg/openvino).
+    """
+
+    device: str = "CPU"
+    precision: str = "auto"
+    cache_dir: Optional[str] = None
+
+
+def _open_openvino(file: Path, options: OpenVinoOptions, threads: int, workers: int) -> Backend:
+    from edgeseg.backends.openvino import OpenVinoBackend  # lazy: imports openvino
+
+    return OpenVinoBackend(file, device=options.device, precision=options.precision, threads=threads,
+                           cache_dir=options.cache_dir, workers=workers)
+
+
+def _openvino_twin(manifest: Manifest, imgsz: int | None, precision: PrecisionChoice) -> EngineRecord:
+    """The bundle's fp32 ONNX engine at ``imgsz`` (the largest size when None): what OpenVINO runs
+    of a bundle until bundles carry OpenVINO IR engines of their own (docs/openvino.md)."""
+    if precision not in ("auto", "fp32"):
+        raise ConfigError(f"model.backend 'openvino' runs a bundle's fp32 ONNX at model.openvino.precision; "
+                          f"model.precision {precision!r} applies to the bundle's own engines (set it to auto)")
+    twins = [e for e in manifest.engines
+             if e.runtime == "onnxruntime" and e.precision == "fp32" and e.quantization is None]
+    sizes = sorted({max(e.resolution) for e in twins})
+    if not sizes:
+        raise BundleError(f"bundle {manifest.name}: no fp32 ONNX engine for OpenVINO to run")
+    size = sizes[-1] if imgsz is None else imgsz
+    at_size = [e for e in twins if max(e.resolution) == size]
+    if not at_size:
+        raise BundleError(f"bundle {manifest.name}: no fp32 ONNX engine at {size} for OpenVINO; available {sizes}")
+    return at_size[0]
+
+
+def _selftest_record(engine: EngineRecord, backend: Backend) -> EngineRecord:
+    """``engine`` as the self-test ledger should know it when OpenVINO runs it: its own verdict
+    (the file name tagged with device and precision, so it is neither mistaken for ONNX Runtime's
+    nor cached for another precision), judged by the fp16 tolerances where it computes in 16 bits."""
+    precision = getattr(backend, "inference_precision", "f32")
+    device = getattr(backend, "device", "")
+    return engine.model_copy(update={
+        "file": f"{engine.file}@openvino-{device}-{precision}",
+        "precision": "fp32" if precision == "f32" else "fp16",
+    })
+
+
+def _load_bundle_openvino(
+    path: Path, imgsz: int | None, threads: int, workers: int, precision: PrecisionChoice, options: OpenVinoOptions
+) -> Model:
+    """A bundle's fp32 ONNX at ``imgsz`` through OpenVINO: hash checked, spec from the manifest,
+    and self-tested against the bundle's reference like every engine (refused with its figures)."""
+    manifest = load_merged_manifest(path)
+    engine = _openvino_twin(manifest, imgsz, precision)
+    problem = file_problem(path, engine.file, engine.sha256, engine.bytes)
+    if problem is not None:
+        raise BundleError(f"bundle {path}: {problem}; refusing to load it (re-flash the bundle)")
+    backend = _open_openvino(path / engine.file, options, threads, workers)
+    try:
+        backend.info = replace(backend.info, metadata={**backend.info.metadata, **bundle_metadata(manifest.model)})
+        spec = replace(spec_from_network(backend.info, manifest.name, max(engine.resolution)),
+                       max_batch=backend.max_batch)
+        model = Model(spec, backend, engine=engine, bundle=manifest)
+        verdict = check_loaded(model, path, manifest, _selftest_record(engine, backend))
+    except Exception:
+        backend.close()
+        raise
+    if verdict is not None and not verdict.passed:
+        model.close()
+        raise BundleError(f"bundle {manifest.name}: {verdict.one_line()} (on {backend.info.provider}; "
+                          "try model.openvino.precision: f32, or model.backend: onnxruntime)")
+    log.info("bundle %s: %s (%dx%d) on %s", manifest.name, engine.file, engine.resolution[1], engine.resolution[0],
+             backend.info.provider)
+    return model
+
+
+@dataclass(frozen=True)
 class LoadOptions:
     """How every network of one run is loaded: its main model and the adaptive ladder's other sizes.
 
@@ -331,6 +427,8 @@ class LoadOptions:
         precision: the engine precision to pick from a bundle ("auto": the fastest measured).
         workers: inference workers of the pipeline (a TensorRT engine gets one context each).
         spin: let ONNX Runtime's threads spin-wait between inferences.
+        backend: what runs the model (``model.backend``; ``load_model`` says how each is chosen).
+        openvino: the OpenVINO backend's device, precision and cache (``model.openvino``).
     """
 
     threads: int = 0
@@ -338,11 +436,14 @@ class LoadOptions:
     precision: PrecisionChoice = "auto"
     workers: int = 1
     spin: bool = False
+    backend: BackendChoice = "auto"
+    openvino: OpenVinoOptions = OpenVinoOptions()
 
     def load(self, path: str | Path, imgsz: int | None = None) -> Model:
         """``load_model(path, imgsz)`` with these options."""
         return load_model(path, imgsz=imgsz, threads=self.threads, device=self.device, spin=self.spin,
-                          precision=self.precision, workers=self.workers)
+                          precision=self.precision, workers=self.workers, backend=self.backend,
+                          openvino=self.openvino)
 
 
 def load_model(
@@ -353,12 +454,21 @@ def load_model(
     spin: bool = False,
     precision: PrecisionChoice = "auto",
     workers: int = 1,
+    backend: BackendChoice = "auto",
+    openvino: Optional[OpenVinoOptions] = None,
 ) -> Model:
-    """Open ``path`` (an .onnx file or an engine bundle directory) and check its layout.
+    """Open ``path`` (an .onnx file, an OpenVINO IR .xml or an engine bundle directory) and check
+    its layout.
 
     For a bundle, ``imgsz`` and ``precision`` choose the engine (the largest resolution and the
     fastest precision when not given); for an ONNX file, ``imgsz`` sizes a dynamic input. The
     runtime's own callers pass a ``LoadOptions`` (``options.load(path, imgsz)``).
+
+    ``backend``: "auto" runs an ONNX file on ONNX Runtime, an IR on OpenVINO and a bundle as its
+    engines allow (TensorRT where a plan fits, else ONNX Runtime); "openvino" runs the ONNX file,
+    the IR or a bundle's fp32 ONNX through OpenVINO (``openvino``: device, precision, cache);
+    "onnxruntime" and "tensorrt" keep to that runtime (of a bundle: its engines of that runtime),
+    and refuse in one line a file the runtime cannot take.
     """
     path = Path(path)
     try:
@@ -369,19 +479,38 @@ def load_model(
         raise ModelError(f"model file not found: {printable_name(str(path))}")
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device {device!r}: expected auto, cpu or cuda")
+    if backend not in BACKENDS:
+        raise ConfigError(f"model.backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if path.is_dir():
         # Resolve the `active` symlink once: a re-flash during loading cannot mix two bundles.
         path = path.resolve()
         if not is_bundle(path):
             raise ModelError(f"model {path}: a directory but not an engine bundle (no manifest.json)")
-        return _load_bundle(path, imgsz, threads, device, spin, precision, workers)
-    if path.suffix.lower() != ".onnx":
-        raise ModelError(f"model {path}: expected an .onnx file or an engine bundle directory")
-    from edgeseg.backends.onnxruntime import OnnxRuntimeBackend  # lazy: imports onnxruntime
+        if backend == "openvino":
+            return _load_bundle_openvino(path, imgsz, threads, workers, precision, openvino or OpenVinoOptions())
+        return _load_bundle(path, imgsz, threads, device, spin, precision, workers, runtime=backend)
+    suffix = path.suffix.lower()
+    if suffix not in (".onnx", ".xml"):
+        raise ModelError(f"model {path}: expected an .onnx file, an OpenVINO IR .xml or an engine bundle directory")
+    if backend == "tensorrt":
+        raise ModelError(f"model.backend 'tensorrt': {path} is a plain model file; TensorRT runs the plans of an "
+                         "engine bundle (edgeseg export, then edgeseg engines build on the device)")
+    if suffix == ".xml" and backend == "onnxruntime":
+        raise ModelError(f"model.backend 'onnxruntime': {path} is an OpenVINO IR; use model.backend openvino (or auto)")
+    net: Backend
+    if backend == "openvino" or suffix == ".xml":
+        net = _open_openvino(path, openvino or OpenVinoOptions(), threads, workers)
+    else:
+        from edgeseg.backends.onnxruntime import OnnxRuntimeBackend  # lazy: imports onnxruntime
 
-    backend = OnnxRuntimeBackend(path, threads=threads, device=device, spin=spin)  # type: ignore[arg-type]
+        net = OnnxRuntimeBackend(path, threads=threads, device=device, spin=spin)  # type: ignore[arg-type]
+    return _model_of(net, path.stem, imgsz)
+
+
+def _model_of(backend: Backend, name: str, imgsz: int | None) -> Model:
+    """``backend``'s network checked against the contract, as a Model (the backend closed on refusal)."""
     try:
-        spec = replace(spec_from_network(backend.info, path.stem, imgsz), max_batch=backend.max_batch)
+        spec = replace(spec_from_network(backend.info, name, imgsz), max_batch=backend.max_batch)
     except Exception:
         backend.close()
         raise

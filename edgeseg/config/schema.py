@@ -22,6 +22,7 @@ from edgeseg.config.engines import EnginesConfig
 from edgeseg.config.errors import describe_validation_error
 from edgeseg.config.events import EventsConfig
 from edgeseg.config.mqtt import MqttConfig
+from edgeseg.config.openvino import OpenVinoConfig
 from edgeseg.config.tracker import TrackerConfig
 from edgeseg.config.yaml_loader import load_yaml
 from edgeseg.config.zones import LineList, ZoneList
@@ -52,10 +53,20 @@ class ModelConfig(StrictModel):
         None, ge=320, le=1280, multiple_of=32,
         description="input size for dynamic models (multiple of 32); static models use their own",
     )
+    backend: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = Field(
+        "auto",
+        description="what runs the model: auto = ONNX Runtime for an ONNX file, a bundle's own choice "
+        "(TensorRT where its plan fits, else ONNX Runtime); openvino = the ONNX file (or a bundle's "
+        "fp32 ONNX) through OpenVINO (model.openvino); onnxruntime or tensorrt = only that runtime's engines",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where ONNX Runtime runs")
     threads: int = Field(0, ge=0, le=256, description="inference threads; 0 = every physical core")
     precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
         "auto", description="engine precision to pick from a bundle; auto = fastest measured"
+    )
+    openvino: OpenVinoConfig = Field(
+        default_factory=OpenVinoConfig,
+        description="the OpenVINO backend (model.backend: openvino): device, inference precision, compile cache",
     )
 
 

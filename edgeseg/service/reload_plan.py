@@ -59,6 +59,8 @@ def _each(section: str, names: str) -> Tuple[str, ...]:
 SECTIONS: Final[typing.Mapping[str, Apply]] = {
     "version": Apply.NOTHING,  # always 1: a config of another version is refused when read
     "log_level": Apply.LOGGING,
+    # backend and openvino (device, precision, cache_dir) included: the new pipeline loads the
+    # model again with them (a backend switch, or an OpenVINO recompile from its cache).
     "model": Apply.PIPELINE,
     "source": Apply.PIPELINE,
     # Every camera's source, options, zones, lines and sinks (a list, compared whole): the
