@@ -344,7 +344,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         "calibration": args.calibration, "calibration_limit": args.calibration_limit,
         "val_images": args.val_images, "val_annotations": args.val_annotations,
         "threads": args.threads, "latency_runs": args.latency_runs, "selftest_images": args.selftest_images,
-        "batch": args.batch,
+        "batch": args.batch, "openvino": args.openvino,
     }
     result = export_bundle(build_options(args.recipe, overrides))
     engines = result.manifest.engines
@@ -471,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--batch", type=int, metavar="N",
                     help="most frames per inference call (several cameras): ONNX with a symbolic batch, TensorRT "
                          "profile min 1 / opt N / max N (default 1)")
+    ex.add_argument("--openvino", action="store_true", default=None,
+                    help="add OpenVINO IR engines: fp32 per resolution, and NNCF int8 (decode head in float, "
+                         "gated on accuracy) where int8 is asked (needs edgeseg[openvino] and nncf)")
     ex.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
     ex.set_defaults(func=cmd_export)
 

@@ -14,12 +14,12 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final, Literal, Optional, Tuple
+from typing import Any, Dict, Final, Literal, Optional, Set, Tuple
 
 from edgeseg.backends.base import Backend, NetworkInfo, TensorInfo, leading_dim
-from edgeseg.bundle.device import probe_device
+from edgeseg.bundle.device import DeviceInfo, probe_device
 from edgeseg.bundle.local import load_merged_manifest
-from edgeseg.bundle.manifest import EngineRecord, Manifest, ModelRecord, is_bundle
+from edgeseg.bundle.manifest import EngineRecord, Manifest, ModelRecord, ir_weights, is_bundle
 from edgeseg.bundle.select import PrecisionChoice, candidate_engines
 from edgeseg.bundle.selftest import LEDGER, check_loaded
 from edgeseg.bundle.verify import file_problem
@@ -235,101 +235,6 @@ def bundle_metadata(m: ModelRecord) -> dict[str, str]:
     }
 
 
-def open_engine(
-    path: Path, manifest: Manifest, engine: EngineRecord, threads: int = 0, device: str = "auto",
-    spin: bool = False, workers: int = 1,
-) -> Model:
-    """Load one engine of the bundle at ``path``: its hash checked, its spec from the manifest.
-
-    No engine choice and no self-test: ``_load_bundle`` does both around this, and
-    ``edgeseg.bundle.selftest.selftest_engine`` loads through it to test a single engine.
-    """
-    problem = file_problem(path, engine.file, engine.sha256, engine.bytes)
-    if problem is not None:
-        raise BundleError(f"bundle {path}: {problem}; refusing to load it (re-flash the bundle)")
-    meta = bundle_metadata(manifest.model)
-    file = path / engine.file
-    backend: Backend
-    if engine.runtime == "tensorrt":
-        from edgeseg.backends.tensorrt import TensorRTBackend  # lazy: imports tensorrt, pycuda
-
-        backend = TensorRTBackend(file, resolution=engine.resolution, metadata=meta, contexts=max(2, workers))
-    else:
-        from edgeseg.backends.onnxruntime import OnnxRuntimeBackend  # lazy: imports onnxruntime
-
-        backend = OnnxRuntimeBackend(file, threads=threads, device=device, spin=spin)  # type: ignore[arg-type]
-        backend.info = replace(backend.info, metadata={**backend.info.metadata, **meta})
-    try:
-        spec = replace(spec_from_network(backend.info, manifest.name, max(engine.resolution)),
-                       max_batch=backend.max_batch)
-    except Exception:
-        backend.close()
-        raise
-    return Model(spec, backend, engine=engine, bundle=manifest)
-
-
-def _load_bundle(
-    path: Path, imgsz: int | None, threads: int, device: str, spin: bool, precision: PrecisionChoice, workers: int,
-    runtime: str = "auto",
-) -> Model:
-    """Pick the bundle's engine for this device and resolution, check it, load it and self-test it.
-
-    ``runtime`` "onnxruntime" or "tensorrt" keeps to that runtime's engines (``model.backend``).
-
-    An engine that fails its self-test (``edgeseg.bundle.selftest``) is closed and the next
-    candidate (``candidate_engines``: other precisions, then the ONNX Runtime twin) is tried; a
-    verdict is kept per engine for the process, so a refused engine is not loaded again and a
-    passing one is not tested again (the adaptive ladder loads each resolution through here).
-    """
-    manifest = load_merged_manifest(path)  # signed engines + the device's own plans
-    here = probe_device()
-    refused: list[tuple[str, str]] = []  # (engine file, one-line reason)
-    candidates = candidate_engines(manifest, here, imgsz, precision)
-    if runtime != "auto":
-        kept = [e for e in candidates if e.runtime == runtime]
-        if not kept:
-            wanted = max(candidates[0].resolution)
-            have = ", ".join(sorted({e.runtime for e in candidates}))
-            raise BundleError(f"bundle {manifest.name}: model.backend {runtime!r}: no {runtime} engine at {wanted} "
-                              f"runs here (it has {have})")
-        candidates = kept
-    for engine in candidates:
-        held = LEDGER.cached(path, engine)
-        if held is not None and not held.passed:
-            refused.append((engine.file, held.one_line()))
-            continue
-        try:
-            model = open_engine(path, manifest, engine, threads, device, spin, workers)
-        except (BundleError, ModelError) as exc:
-            # A plan TensorRT will not deserialise (another TensorRT build, a driver change) or a
-            # file that fails its hash is the commonest failure on a device: the next one serves.
-            if engine is candidates[-1] and not refused:
-                raise
-            log.warning("bundle %s: %s", manifest.name, exc)
-            refused.append((engine.file, f"{engine.file}: {exc}"))
-            continue
-        try:
-            verdict = check_loaded(model, path, manifest, engine)
-        except Exception:
-            model.close()
-            raise
-        if verdict is not None and not verdict.passed:
-            model.close()
-            refused.append((engine.file, verdict.one_line()))
-            continue
-        for file, _ in refused:
-            LEDGER.fallback(file, engine.file)
-        if refused:
-            log.warning("bundle %s: %s serves instead of %s (refused above)", manifest.name, engine.file,
-                        ", ".join(file for file, _ in refused))
-        log.info("bundle %s: %s engine %s (%s, %dx%d) on %s", manifest.name, engine.runtime, engine.file,
-                 engine.precision, engine.resolution[1], engine.resolution[0], here.describe())
-        return model
-    size = imgsz if imgsz is not None else (max(candidates[0].resolution) if candidates else "any size")
-    raise BundleError(f"bundle {manifest.name}: every engine for {size} that runs here was refused: "
-                      + "; ".join(reason for _, reason in refused))
-
-
 @dataclass(frozen=True)
 class OpenVinoOptions:
     """How the OpenVINO backend compiles a network (``model.openvino``, with its cache resolved).
@@ -346,6 +251,163 @@ class OpenVinoOptions:
     cache_dir: Optional[str] = None
 
 
+def engine_file_problem(path: Path, manifest: Manifest, engine: EngineRecord) -> Optional[str]:
+    """Why ``engine``'s file (and, for an OpenVINO IR, its .bin weights) is not the one the
+    manifest describes, or None."""
+    problem = file_problem(path, engine.file, engine.sha256, engine.bytes)
+    if problem is None and engine.runtime == "openvino":
+        weights = ir_weights(engine.file)
+        sha = manifest.extra_files.get(weights)
+        problem = f"{weights}: not in the manifest" if sha is None else file_problem(path, weights, sha)
+    return problem
+
+
+def open_engine(
+    path: Path, manifest: Manifest, engine: EngineRecord, threads: int = 0, device: str = "auto",
+    spin: bool = False, workers: int = 1, openvino: Optional[OpenVinoOptions] = None,
+) -> Model:
+    """Load one engine of the bundle at ``path``: its hash checked, its spec from the manifest.
+
+    No engine choice and no self-test: ``_load_bundle`` does both around this, and
+    ``edgeseg.bundle.selftest.selftest_engine`` loads through it to test a single engine.
+    An OpenVINO IR engine is compiled with ``openvino`` (device, inference precision, cache).
+    """
+    problem = engine_file_problem(path, manifest, engine)
+    if problem is not None:
+        raise BundleError(f"bundle {path}: {problem}; refusing to load it (re-flash the bundle)")
+    meta = bundle_metadata(manifest.model)
+    file = path / engine.file
+    backend: Backend
+    if engine.runtime == "tensorrt":
+        from edgeseg.backends.tensorrt import TensorRTBackend  # lazy: imports tensorrt, pycuda
+
+        backend = TensorRTBackend(file, resolution=engine.resolution, metadata=meta, contexts=max(2, workers))
+    elif engine.runtime == "openvino":
+        backend = _open_openvino(file, openvino or OpenVinoOptions(), threads, workers)
+        backend.info = replace(backend.info, metadata={**backend.info.metadata, **meta})
+    else:
+        from edgeseg.backends.onnxruntime import OnnxRuntimeBackend  # lazy: imports onnxruntime
+
+        backend = OnnxRuntimeBackend(file, threads=threads, device=device, spin=spin)  # type: ignore[arg-type]
+        backend.info = replace(backend.info, metadata={**backend.info.metadata, **meta})
+    try:
+        spec = replace(spec_from_network(backend.info, manifest.name, max(engine.resolution)),
+                       max_batch=backend.max_batch)
+    except Exception:
+        backend.close()
+        raise
+    return Model(spec, backend, engine=engine, bundle=manifest)
+
+
+_explained: Set[Tuple[str, str]] = set()
+
+
+def _explain_once(manifest: Manifest, message: str) -> None:
+    """Say once per bundle why ``auto`` passes over engines the bundle offers (the ladder loads
+    each resolution through ``_load_bundle``: one line, not one per size)."""
+    key = (manifest.name, message)
+    if key not in _explained:
+        _explained.add(key)
+        log.warning("bundle %s: %s", manifest.name, message)
+
+
+def _explain_auto(manifest: Manifest, here: DeviceInfo) -> None:
+    """Why ``auto`` does not serve the bundle's OpenVINO engines here, in one line, if it does not."""
+    if not any(e.runtime == "openvino" for e in manifest.engines):
+        return
+    if here.openvino is None:
+        _explain_once(manifest, "its OpenVINO engines are not used: OpenVINO is not installed "
+                                "(pip install 'edgeseg[openvino]'); serving its other engines")
+    elif not here.x86:
+        _explain_once(manifest, "its OpenVINO engines are not preferred off x86 (set model.backend: openvino "
+                                "to use them)")
+
+
+def openvino_selftest_record(engine: EngineRecord, backend: Backend) -> EngineRecord:
+    """``engine`` as the self-test ledger should know it when OpenVINO runs it: its own verdict
+    (the file name tagged with device and precision, so it is neither mistaken for ONNX Runtime's
+    nor cached for another precision); a float network computing in 16 bits (bf16 on a CPU with
+    bf16, f16 on a GPU) judged by the fp16 tolerances, an int8 IR by its int8 ones."""
+    precision = getattr(backend, "inference_precision", "f32")
+    device = getattr(backend, "device", "")
+    update: Dict[str, Any] = {"file": f"{engine.file}@openvino-{device}-{precision}"}
+    if engine.precision == "fp32":
+        update["precision"] = "fp32" if precision == "f32" else "fp16"
+    return engine.model_copy(update=update)
+
+
+def _load_bundle(
+    path: Path, imgsz: int | None, threads: int, device: str, spin: bool, precision: PrecisionChoice, workers: int,
+    runtime: str = "auto", openvino: Optional[OpenVinoOptions] = None,
+) -> Model:
+    """Pick the bundle's engine for this device and resolution, check it, load it and self-test it.
+
+    ``runtime`` "onnxruntime", "openvino" or "tensorrt" keeps to that runtime's engines
+    (``model.backend``); "auto" prefers TensorRT where a plan fits, then OpenVINO on an x86 CPU
+    where it is installed (``edgeseg.bundle.select``), and says in one line why it passes over a
+    bundle's OpenVINO engines. ``openvino`` compiles the OpenVINO engines.
+
+    An engine that fails its self-test (``edgeseg.bundle.selftest``) is closed and the next
+    candidate (``candidate_engines``: other precisions, then the ONNX Runtime twin) is tried; a
+    verdict is kept per engine for the process, so a refused engine is not loaded again and a
+    passing one is not tested again (the adaptive ladder loads each resolution through here).
+    """
+    manifest = load_merged_manifest(path)  # signed engines + the device's own plans
+    here = probe_device()
+    refused: list[tuple[str, str]] = []  # (engine file, one-line reason)
+    if runtime == "auto":
+        _explain_auto(manifest, here)
+        candidates = candidate_engines(manifest, here, imgsz, precision)
+    else:
+        try:
+            candidates = candidate_engines(manifest, here, imgsz, precision, runtime)
+        except BundleError:
+            others = candidate_engines(manifest, here, imgsz, precision)  # raises when none runs at all
+            if any(e.runtime == runtime for e in others):
+                raise
+            wanted = max(others[0].resolution)
+            have = ", ".join(sorted({e.runtime for e in others}))
+            raise BundleError(f"bundle {manifest.name}: model.backend {runtime!r}: no {runtime} engine at {wanted} "
+                              f"runs here (it has {have})") from None
+    for engine in candidates:
+        held = LEDGER.cached(path, engine)
+        if held is not None and not held.passed:
+            refused.append((engine.file, held.one_line()))
+            continue
+        try:
+            model = open_engine(path, manifest, engine, threads, device, spin, workers, openvino)
+        except (BundleError, ModelError) as exc:
+            # A plan TensorRT will not deserialise (another TensorRT build, a driver change) or a
+            # file that fails its hash is the commonest failure on a device: the next one serves.
+            if engine is candidates[-1] and not refused:
+                raise
+            log.warning("bundle %s: %s", manifest.name, exc)
+            refused.append((engine.file, f"{engine.file}: {exc}"))
+            continue
+        try:
+            judged = openvino_selftest_record(engine, model.backend) if engine.runtime == "openvino" else engine
+            verdict = check_loaded(model, path, manifest, judged)
+        except Exception:
+            model.close()
+            raise
+        if verdict is not None and not verdict.passed:
+            model.close()
+            refused.append((engine.file, verdict.one_line()))
+            continue
+        for file, _ in refused:
+            LEDGER.fallback(file, engine.file)
+        if refused:
+            log.warning("bundle %s: %s serves instead of %s (refused above)", manifest.name, engine.file,
+                        ", ".join(file for file, _ in refused))
+        where = model.backend.info.provider if engine.runtime == "openvino" else here.describe()
+        log.info("bundle %s: %s engine %s (%s, %dx%d) on %s", manifest.name, engine.runtime, engine.file,
+                 engine.precision, engine.resolution[1], engine.resolution[0], where)
+        return model
+    size = imgsz if imgsz is not None else (max(candidates[0].resolution) if candidates else "any size")
+    raise BundleError(f"bundle {manifest.name}: every engine for {size} that runs here was refused: "
+                      + "; ".join(reason for _, reason in refused))
+
+
 def _open_openvino(file: Path, options: OpenVinoOptions, threads: int, workers: int) -> Backend:
     from edgeseg.backends.openvino import OpenVinoBackend  # lazy: imports openvino
 
@@ -355,7 +417,7 @@ def _open_openvino(file: Path, options: OpenVinoOptions, threads: int, workers: 
 
 def _openvino_twin(manifest: Manifest, imgsz: int | None, precision: PrecisionChoice) -> EngineRecord:
     """The bundle's fp32 ONNX engine at ``imgsz`` (the largest size when None): what OpenVINO runs
-    of a bundle until bundles carry OpenVINO IR engines of their own (docs/openvino.md)."""
+    of a bundle exported without OpenVINO IR engines (``edgeseg export --openvino`` adds them)."""
     if precision not in ("auto", "fp32"):
         raise ConfigError(f"model.backend 'openvino' runs a bundle's fp32 ONNX at model.openvino.precision; "
                           f"model.precision {precision!r} applies to the bundle's own engines (set it to auto)")
@@ -371,16 +433,10 @@ def _openvino_twin(manifest: Manifest, imgsz: int | None, precision: PrecisionCh
     return at_size[0]
 
 
-def _selftest_record(engine: EngineRecord, backend: Backend) -> EngineRecord:
-    """``engine`` as the self-test ledger should know it when OpenVINO runs it: its own verdict
-    (the file name tagged with device and precision, so it is neither mistaken for ONNX Runtime's
-    nor cached for another precision), judged by the fp16 tolerances where it computes in 16 bits."""
-    precision = getattr(backend, "inference_precision", "f32")
-    device = getattr(backend, "device", "")
-    return engine.model_copy(update={
-        "file": f"{engine.file}@openvino-{device}-{precision}",
-        "precision": "fp32" if precision == "f32" else "fp16",
-    })
+def _has_openvino_engines(path: Path) -> bool:
+    """The bundle carries OpenVINO IR engines (exported with ``--openvino``); older bundles run
+    their fp32 ONNX through OpenVINO instead (``_load_bundle_openvino``)."""
+    return any(e.runtime == "openvino" for e in load_merged_manifest(path).engines)
 
 
 def _load_bundle_openvino(
@@ -399,7 +455,7 @@ def _load_bundle_openvino(
         spec = replace(spec_from_network(backend.info, manifest.name, max(engine.resolution)),
                        max_batch=backend.max_batch)
         model = Model(spec, backend, engine=engine, bundle=manifest)
-        verdict = check_loaded(model, path, manifest, _selftest_record(engine, backend))
+        verdict = check_loaded(model, path, manifest, openvino_selftest_record(engine, backend))
     except Exception:
         backend.close()
         raise
@@ -486,9 +542,10 @@ def load_model(
         path = path.resolve()
         if not is_bundle(path):
             raise ModelError(f"model {path}: a directory but not an engine bundle (no manifest.json)")
-        if backend == "openvino":
+        if backend == "openvino" and not _has_openvino_engines(path):
             return _load_bundle_openvino(path, imgsz, threads, workers, precision, openvino or OpenVinoOptions())
-        return _load_bundle(path, imgsz, threads, device, spin, precision, workers, runtime=backend)
+        return _load_bundle(path, imgsz, threads, device, spin, precision, workers, runtime=backend,
+                            openvino=openvino)
     suffix = path.suffix.lower()
     if suffix not in (".onnx", ".xml"):
         raise ModelError(f"model {path}: expected an .onnx file, an OpenVINO IR .xml or an engine bundle directory")

@@ -278,10 +278,23 @@ def gate_images(reference: Model, candidates: Sequence[Path], count: int = GATE_
     return out
 
 
+def save_ir(src: Path, out: Path, size: tuple[int, int]) -> None:
+    """The fp32 ONNX ``src`` as an fp32 OpenVINO IR ``out`` (.xml, its .bin beside it), its input
+    fixed at ``size``: the IR form of a bundle's fp32 engine. Weights stay fp32 (no fp16
+    compression): the device's inference precision decides what it computes in (bf16 on a CPU
+    with bf16), and the ONNX metadata (class names, normalisation) is carried into the IR."""
+    import openvino as ov  # noqa: PLC0415
+
+    ov_model = ov.convert_model(str(src))
+    ov_model.reshape({ov_model.inputs[0]: [1, 3, *size]})
+    ov_model.set_rt_info(json.dumps(list(size)), [RT_INFO_SECTION, "imgsz"])
+    _save(ov_model, Path(out))
+
+
 def quantize_openvino(
     src: Path,
     out: Path,
-    images: Path,
+    images: Path | Sequence[Path],
     imgsz: int | None = None,
     count: int = DEFAULT_COUNT,
     threads: int = 0,
@@ -292,15 +305,17 @@ def quantize_openvino(
 
     ``imgsz`` fixes a dynamic model's input size (one IR per resolution); ``precision`` is the
     OpenVINO inference precision the gate runs the IR's float parts at ("auto": the device's
-    default, as the runtime runs it). Raises ExportError (one line) when the head cannot be found
-    or the IR falls outside the int8 bounds; then nothing is written at ``out``.
+    default, as the runtime runs it). ``images`` is a folder (``count`` images of it) or the
+    images themselves (``edgeseg export`` passes those its ONNX Runtime int8 forms used).
+    Raises ExportError (one line) when the head cannot be found or the IR falls outside the int8
+    bounds; then nothing is written at ``out``.
     """
     src, out = Path(src), Path(out)
     if out.suffix.lower() != ".xml":
         raise ExportError(f"output {out}: expected an OpenVINO IR path ending in .xml")
     t0 = time.perf_counter()
     scope = find_head(read_onnx(src), f"model {src}")
-    paths = calibration_images(images, count)
+    paths = calibration_images(images, count) if isinstance(images, Path) else list(images)
     spec, reference = _input_spec(src, imgsz, threads)
     try:
         chosen = gate_images(reference, paths)

@@ -5,6 +5,8 @@
                                     │                                   └─► QOperator int8.onnx (CPU form)
                                     └─► TensorRT present: fp16 / int8 .engine from those ONNX files
     --batch N: every ONNX form rebatched (symbolic batch, export.rebatch), plans profiled 1/N/N
+    --openvino: per resolution an fp32 OpenVINO IR and (int8) an NNCF int8 IR with the decode head in
+                float (export.openvino_quant, gated against the fp32 ONNX: refused, not shipped, when out)
     calibration images ─► selftest/: the fp32 ONNX's decoded instances per resolution; every
                           file above judged against them, a failing form not shipped
     every file ─► latency here (+ accuracy on a validation set) ─► manifest.json + report.md
@@ -17,6 +19,7 @@ once complete (BundleWriter).
 from __future__ import annotations
 
 import logging
+import platform
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -37,8 +40,9 @@ from edgeseg.bundle.manifest import (
     ModelRecord,
     NormalizationRecord,
     Quantization,
+    ir_weights,
 )
-from edgeseg.bundle.selftest import SELFTEST_IMAGES, form_of
+from edgeseg.bundle.selftest import SELFTEST_IMAGES, Form, form_of
 from edgeseg.bundle.verify import sha256_file
 from edgeseg.errors import ExportError
 from edgeseg.model import MAX_INPUT_SIZE, MIN_INPUT_SIZE, Model, ModelSpec, bundle_metadata, spec_from_network
@@ -79,6 +83,9 @@ class ExportOptions:
     #: Most frames one inference call takes (--batch): above 1 the ONNX files get a symbolic
     #: batch dimension and TensorRT plans the profile min 1 / opt N / max N.
     batch: int = 1
+    #: Add OpenVINO IR engines (--openvino): fp32 per resolution, and NNCF int8 with the decode
+    #: head in float where int8 is asked. Batch 1 (OpenVINO runs several cameras as streams).
+    openvino: bool = False
 
 
 @dataclass
@@ -101,6 +108,8 @@ class _Plan:
     selftest_candidates: tuple[Path, ...]
     tensorrt: bool
     notes: tuple[str, ...]
+    #: OpenVINO's version where --openvino asked for its engines (checked importable), else None.
+    openvino: str | None = None
 
 
 def parse_precisions(text: str | Sequence[str]) -> tuple[ExportPrecision, ...]:
@@ -170,7 +179,20 @@ def _plan(opts: ExportOptions) -> _Plan:
         else:
             notes.append("no --calibration or validation images: the bundle has no self-test reference, "
                          "its engines will serve untested")
-    return _Plan(source, tuple(sizes), precisions, images, candidates, tensorrt, tuple(notes))
+    openvino = _openvino_version("int8" in precisions) if opts.openvino else None
+    return _Plan(source, tuple(sizes), precisions, images, candidates, tensorrt, tuple(notes), openvino)
+
+
+def _openvino_version(int8: bool) -> str:
+    """OpenVINO's version for --openvino, or a one-line ExportError naming what is missing."""
+    try:
+        import openvino  # noqa: PLC0415 - only --openvino needs it
+
+        if int8:
+            import nncf  # noqa: F401, PLC0415
+    except ImportError as exc:
+        raise ExportError(f"--openvino needs {exc.name or 'openvino'} (pip install 'edgeseg[openvino]' nncf)") from None
+    return str(openvino.__version__).split("-")[0]
 
 
 def _model_record(spec: ModelSpec, source: Path) -> ModelRecord:
@@ -234,12 +256,43 @@ class _Exporter:
                 _Built(qdq, size, "int8", self.ort_builder, "qdq-symmetric"),
                 _Built(cpu, size, "int8", self.ort_builder, "qoperator"),
             ]
+        ov = self._openvino(size, fp32) if self.plan.openvino is not None else []
         if self.opts.batch > 1:
             self._rebatch([b.file for b in built])
             built = [replace(b, max_batch=self.opts.batch) for b in built]
+        built += ov
         if self.plan.tensorrt:
             built += self._tensorrt(size, fp32, qdq)
         return built
+
+    def _openvino(self, size: int, fp32: str) -> list[_Built]:
+        """The OpenVINO IR forms of one resolution, from its static fp32 ONNX (before rebatching).
+
+        fp32: the network as it is (the device computes it at its default precision, bf16 on a
+        CPU with bf16). int8: NNCF with the decode head in float, calibrated on the export's
+        calibration images through the runtime's preprocessing and gated against the fp32 ONNX
+        on decoded instances; a form outside the bound is refused in one line (a note) and not
+        written, and the bundle ships without it.
+        """
+        from export import openvino_quant  # noqa: PLC0415 - imports openvino, nncf
+
+        assert self.plan.openvino is not None
+        builder = BuilderRecord(runtime="openvino", version=self.plan.openvino)
+        ir = self._file(size, "fp32", ".xml")
+        openvino_quant.save_ir(self.writer.path(fp32), self.writer.path(ir), (size, size))
+        out = [_Built(ir, size, "fp32", builder)]
+        if "int8" in self.plan.precisions:
+            int8 = self._file(size, "int8", ".xml", "nncf")
+            try:
+                result = openvino_quant.quantize_openvino(self.writer.path(fp32), self.writer.path(int8),
+                                                          list(self.plan.calibration_images), threads=self.opts.threads)
+            except ExportError as exc:
+                self.notes.append(f"{exc}; not shipped")
+                log.warning("%s; not shipped", exc)
+            else:
+                log.info("%s: %s", int8, result.gate.one_line())
+                out.append(_Built(int8, size, "int8", builder, "nncf-int8"))
+        return out
 
     def _rebatch(self, files: list[str]) -> None:
         """Give every ONNX form of one resolution a symbolic batch dimension, in place.
@@ -290,6 +343,11 @@ class _Exporter:
             from edgeseg.backends.tensorrt import TensorRTBackend  # noqa: PLC0415
 
             backend = TensorRTBackend(path, resolution=(b.size, b.size), metadata=meta)
+        elif b.builder.runtime == "openvino":
+            from edgeseg.backends.openvino import OpenVinoBackend  # noqa: PLC0415
+
+            # As the runtime serves it: the CPU's default precision (bf16 where it has bf16).
+            backend = OpenVinoBackend(path, device="CPU", precision="auto", threads=self.opts.threads, cache_dir=None)
         else:
             from edgeseg.backends.onnxruntime import OnnxRuntimeBackend  # noqa: PLC0415
 
@@ -312,7 +370,7 @@ class _Exporter:
         def load(file: str, size: int) -> Model:
             return self.load(by_file[file], meta)
 
-        forms = [FormToCheck(b.file, b.size, form_of(b.precision, b.quantization)) for b in built]
+        forms = [FormToCheck(b.file, b.size, _form(b)) for b in built]
         refs = write_references(self.writer, fp32, forms, load, self.plan.selftest_candidates,
                                 f"onnxruntime {_ort_version()}", self.opts.selftest_images)
         bad = {r.engine: r for r in refs.failed}
@@ -321,6 +379,8 @@ class _Exporter:
                               " (the fp32 ONNX made the reference: ONNX Runtime is not deterministic here)")
         for r in bad.values():
             self.writer.path(r.engine).unlink()
+            if by_file[r.engine].builder.runtime == "openvino":
+                self.writer.path(ir_weights(r.engine)).unlink()
             self.notes.append(f"{r.one_line()}; not shipped")
         return [b for b in built if b.file not in bad], refs
 
@@ -329,6 +389,9 @@ class _Exporter:
         model = self.load(b, meta)
         try:
             latency = measure_latency(model.backend, b.size, self.opts.threads, self.opts.latency_runs)
+            if b.builder.runtime == "openvino":  # "OpenVINO 2026.4.1 CPU bf16": the precision that ran
+                where = f"{model.backend.info.provider} {platform.machine()}, {self.opts.threads or 'all'} threads"
+                latency = latency.model_copy(update={"device": where})
             accuracy = None
             if self.opts.val_images is not None and self.opts.val_annotations is not None:
                 accuracy = measure_accuracy(model, self.opts.val_images, self.opts.val_annotations)
@@ -340,6 +403,15 @@ class _Exporter:
             quantization=b.quantization, builder=b.builder, latency=latency, accuracy=accuracy,
             max_batch=b.max_batch,
         )
+
+
+def _form(b: _Built) -> Form:
+    """The self-test tolerance row of a built file. An fp32 IR is judged as fp16: the runtime
+    serves it at the device's default precision, bf16 on a CPU with bf16 (f16 on a GPU), and
+    judges it with the fp16 row there (``edgeseg.model.openvino_selftest_record``)."""
+    if b.builder.runtime == "openvino" and b.precision == "fp32":
+        return "fp16"
+    return form_of(b.precision, b.quantization)
 
 
 def _ort_version() -> str:
@@ -384,15 +456,19 @@ def _export_onnx(opts: ExportOptions, onnx_model: Path) -> ExportResult:
         built, refs = exporter.selftest(built, meta)
         records = [exporter.record(b, meta)
                    for b in tqdm(built, desc="measure", unit="file", disable=not opts.progress or None)]
+        # An IR's .bin weights are hashed as extra files (the manifest refuses an IR without them).
+        weights = {ir_weights(r.file): writer.describe(ir_weights(r.file))[0]
+                   for r in records if r.runtime == "openvino"}
         manifest = Manifest(
             name=opts.out.name,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             model=model_record,
             engines=records,
+            extra_files=weights,
         )
         report = write_report(manifest, writer.staging, exporter.notes, _parameters(plan.source.proto))
         docs = [report.name] + [p.name for p in writer.staging.glob("*.png")]
-        extra = {name: writer.describe(name)[0] for name in docs}
+        extra = {**weights, **{name: writer.describe(name)[0] for name in docs}}
         if refs is not None:
             extra.update(refs.files)
         manifest = manifest.model_copy(update={"extra_files": extra, "selftest": refs.record if refs else None})

@@ -43,6 +43,10 @@ class ExportRecipe(StrictModel):
         description="most frames one inference call takes: above 1, ONNX files with a symbolic batch and "
         "TensorRT plans with the profile min 1 / opt N / max N (several cameras per call)",
     )
+    openvino: bool = Field(
+        False, description="add OpenVINO IR engines: fp32 per resolution, and NNCF int8 with the decode head in "
+        "float (gated on accuracy) where int8 is asked",
+    )
 
 
 def _path(value: Optional[str], base: Path) -> Path | None:
@@ -89,4 +93,5 @@ def build_options(recipe_path: str | None, overrides: dict[str, Any]) -> ExportO
         latency_runs=r.latency_runs,
         selftest_images=r.selftest_images,
         batch=r.batch,
+        openvino=r.openvino,
     )

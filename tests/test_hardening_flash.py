@@ -228,8 +228,11 @@ LINKS: List[tuple[str, Callable[[Path], Path], str]] = [
 
 
 def _says_nothing_about_the_secret(message: str) -> None:
+    # Paths in the message are under pytest's temporary folder, whose number may hold the
+    # secret's length by chance (pytest-545): they are left out of that check.
+    said = re.sub(r"\S*pytest-\d+\S*", "<tmp>", message)
     digest = hashlib.sha256(SECRET).hexdigest()
-    assert str(len(SECRET)) not in message and digest[:12] not in message
+    assert str(len(SECRET)) not in said and digest[:12] not in message
     assert "etc/shadow" not in message and "root:" not in message
 
 

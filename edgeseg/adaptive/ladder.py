@@ -120,7 +120,12 @@ class ModelLadder:
         if manifest != base.bundle:
             raise BundleError(f"bundle {path}: changed since the model was loaded (re-flashed?); reload to use it")
         here = probe_device()
-        ok, _ = compatible_engines(manifest, here)
+        # The runtime actually serving: the base engine's. A bundle without OpenVINO engines run
+        # with model.backend openvino serves its fp32 ONNX through OpenVINO: its sizes are those
+        # of the ONNX engines, and no record measured OpenVINO there, so the table has no seeds.
+        runtime = base.engine.runtime if base.engine is not None else None
+        twin = options.backend == "openvino" and runtime != "openvino"
+        ok, _ = compatible_engines(manifest, here, runtime)
         precision = options.precision
         if precision != "auto":
             ok = [e for e in ok if e.precision == precision]
@@ -132,8 +137,10 @@ class ModelLadder:
                               f"available {have}")
         seed: dict[int, float] = {}
         for s in sorted({*wanted, _size(base)}):
+            if twin:
+                break
             engine = base.engine if s == _size(base) and base.engine is not None else \
-                select_engine(manifest, here, s, precision)
+                select_engine(manifest, here, s, precision, runtime)
             if engine.latency is not None:
                 seed[s] = engine.latency.median_ms
 
@@ -149,7 +156,8 @@ class ModelLadder:
     # -- access --------------------------------------------------------------------------------
 
     def seed_ms(self) -> dict[int, float]:
-        """Latency per size measured at export (a bundle's manifest); empty for an ONNX file."""
+        """Latency per size measured at export (a bundle's manifest: the records of the runtime
+        serving); empty for an ONNX file."""
         return dict(self._seed_ms)
 
     def ready(self, size: int) -> bool:

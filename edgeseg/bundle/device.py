@@ -16,6 +16,7 @@ the SM count (``MULTIPROCESSOR_COUNT``), NVML has no such query. All probing goe
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import platform
 from dataclasses import dataclass
@@ -41,6 +42,10 @@ class DeviceInfo:
     sm_count: int | None = None
     #: The Jetson board (``/proc/device-tree/model``); None off-Jetson.
     board: str | None = None
+    #: The installed OpenVINO's version (found without importing it); None when absent.
+    openvino: str | None = None
+    #: An x86 CPU (Intel, AMD): where a bundle's OpenVINO engines are preferred to ONNX Runtime's.
+    x86: bool = False
 
     def describe(self) -> str:
         gpu = "no GPU"
@@ -50,13 +55,37 @@ class DeviceInfo:
         if self.board:
             gpu = f"{self.board}, {gpu}"
         trt = f"TensorRT {self.tensorrt}" if self.tensorrt else "no TensorRT"
-        return f"{platform.machine()}, {gpu}, {trt}, ONNX Runtime {self.onnxruntime or 'absent'}"
+        ov = f", OpenVINO {self.openvino}" if self.openvino else ""
+        return f"{platform.machine()}, {gpu}, {trt}, ONNX Runtime {self.onnxruntime or 'absent'}{ov}"
 
 
 def _version(host: Host, module: str) -> str | None:
     mod = host.try_import(module)
     version = getattr(mod, "__version__", None) if mod is not None else None
     return str(version) if version else None
+
+
+#: ``platform.machine()`` of x86 CPUs (Linux, macOS, Windows spellings).
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
+
+
+def _openvino_version(host: Host) -> str | None:
+    """OpenVINO's version, from its package metadata: importing openvino costs a second of start-up
+    and hundreds of MB of plugins, paid only when an OpenVINO engine is loaded
+    (``edgeseg.backends.openvino``). None when it is not installed (or on a recorded host)."""
+    if host.recorded:
+        return None
+    try:
+        if importlib.util.find_spec("openvino") is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    try:
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - 3.8 has it
+
+        return version("openvino")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _gpu_from_pycuda(host: Host) -> tuple[str, tuple[int, int], int | None] | None:
@@ -103,6 +132,8 @@ def describe_device(host: Host) -> DeviceInfo:
         gpu_source=source if gpu else "",
         sm_count=gpu[2] if gpu else None,
         board=board,
+        openvino=_openvino_version(host),
+        x86=host.machine.lower() in X86_MACHINES,
     )
 
 

@@ -37,10 +37,19 @@ BUNDLE_VERSION: Final = 1
 MAX_ENGINE_BATCH: Final = 32
 
 Precision = Literal["fp32", "fp16", "int8"]
-Runtime = Literal["onnxruntime", "tensorrt"]
+Runtime = Literal["onnxruntime", "tensorrt", "openvino"]
 #: How an int8 file was quantised: Q/DQ with symmetric activations (what TensorRT builds INT8
-#: engines from) or ONNX Runtime's QOperator form (fastest on CPUs).
-Quantization = Literal["qdq-symmetric", "qoperator"]
+#: engines from), ONNX Runtime's QOperator form (fastest on CPUs), or NNCF post-training
+#: quantisation of an OpenVINO IR with the decode head kept in float (export.openvino_quant).
+Quantization = Literal["qdq-symmetric", "qoperator", "nncf-int8"]
+#: An OpenVINO engine is an IR: its ``file`` the .xml (the network), its weights the .bin beside it.
+IR_SUFFIX: Final = ".xml"
+IR_WEIGHTS_SUFFIX: Final = ".bin"
+
+
+def ir_weights(file: str) -> str:
+    """The weights file of the OpenVINO IR ``file`` (``x.xml`` -> ``x.bin``), as OpenVINO finds it."""
+    return file[: -len(IR_SUFFIX)] + IR_WEIGHTS_SUFFIX if file.endswith(IR_SUFFIX) else file + IR_WEIGHTS_SUFFIX
 
 
 class NormalizationRecord(StrictModel):
@@ -74,7 +83,7 @@ class BuilderRecord(StrictModel):
     """
 
     runtime: Runtime
-    version: str = Field(description="TensorRT or ONNX Runtime version string")
+    version: str = Field(description="TensorRT, ONNX Runtime or OpenVINO version string")
     gpu: Optional[str] = Field(None, description="GPU name as the driver reports it (display only)")
     compute_capability: Optional[Tuple[int, int]] = None
     sm_count: Optional[int] = Field(None, ge=1, description="streaming multiprocessors of the building GPU")
@@ -160,13 +169,23 @@ class Manifest(StrictModel):
     model: ModelRecord
     engines: List[EngineRecord] = Field(min_length=1)
     #: Files kept beside the engines that no backend loads directly (e.g. the Q/DQ ONNX that a
-    #: device builds its TensorRT INT8 engine from), name -> sha256.
+    #: device builds its TensorRT INT8 engine from, the .bin weights of an OpenVINO IR engine),
+    #: name -> sha256.
     extra_files: Dict[str, str] = Field(default_factory=dict)
     #: The engine self-test's reference; None in bundles exported before self-tests existed.
     selftest: Optional[SelfTestRecord] = None
 
     @model_validator(mode="after")
     def _selftest_files_are_verified(self) -> Manifest:
+        for e in self.engines:
+            # An IR is two files: the .xml the record hashes and the .bin of its weights, which
+            # must be hashed too (in extra_files), or weights swapped under a good .xml would load.
+            if e.runtime == "openvino":
+                if not e.file.endswith(IR_SUFFIX):
+                    raise ValueError(f"engine {e.file}: an openvino engine is an IR {IR_SUFFIX} file")
+                if ir_weights(e.file) not in self.extra_files:
+                    raise ValueError(f"engine {e.file}: its weights {ir_weights(e.file)} are not in extra_files "
+                                     "(their sha256 would go unchecked)")
         if self.selftest is not None:
             files = [self.selftest.reference, *self.selftest.images]
             unlisted = [f for f in files if f not in self.extra_files]

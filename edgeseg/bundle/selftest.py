@@ -664,7 +664,12 @@ def selftest_engine(
                                 error=f"cannot load: {exc}")
     else:
         try:
-            ran = run_selftest(model, material, engine)
+            judged = engine
+            if engine.runtime == "openvino":  # judged at the precision it computed in (bf16: fp16's row)
+                from edgeseg.model import openvino_selftest_record  # noqa: PLC0415 - imports this module
+
+                judged = openvino_selftest_record(engine, model.backend)
+            ran = run_selftest(model, material, judged)
         finally:
             model.close()
         assert ran is not None  # the size is in the reference (checked above)

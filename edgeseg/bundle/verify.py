@@ -67,6 +67,9 @@ def incompatibility(engine: EngineRecord, device: DeviceInfo) -> str | None:
     b = engine.builder
     if b.runtime == "onnxruntime":
         return None if device.onnxruntime else "ONNX Runtime is not installed"
+    if b.runtime == "openvino":
+        # An IR is portable across OpenVINO versions (a newer runtime reads older IRs) and devices.
+        return None if device.openvino else "OpenVINO is not installed (pip install 'edgeseg[openvino]')"
     if device.tensorrt is None:
         return "TensorRT is not installed on this device"
     if not _same_version(b.version, device.tensorrt):
