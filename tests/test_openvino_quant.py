@@ -159,3 +159,16 @@ def test_a_refused_form_is_not_written(tmp_path: Path, monkeypatch: pytest.Monke
         quantize_openvino(DEMO_ONNX, out, DEMO_IMAGES, count=2, threads=2)
     assert "\n" not in str(exc.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_real_yolov8n_seg_int8_ir_matches_fp32_on_decoded_instances(
+    model_dynamic: Path, train_images: Path, tmp_path: Path,
+) -> None:
+    """The real model at 320: NNCF int8 with the head in float, calibrated on COCO train images,
+    passes the gate against ONNX Runtime fp32 on decoded instances (the int8 self-test bounds)."""
+    result = quantize_openvino(model_dynamic, tmp_path / "y320-int8.xml", train_images, imgsz=320, count=24,
+                               threads=2)
+    assert result.gate.passed, result.gate.one_line()
+    figures = result.gate.figures
+    assert figures is not None and figures.reference_instances >= 20
+    assert result.size == (320, 320) and result.path.with_suffix(".bin").is_file()
