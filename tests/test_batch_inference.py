@@ -12,8 +12,6 @@ Runs on Python 3.8: nothing from the export stage is imported at module level.
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -21,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import DEMO_BUNDLE
-from trt_fakes import FakeBuilderTrt, FakeCuda, FakeTrt, install_builder
+from trt_fakes import FakeBuilderTrt, FakeCuda, FakeTrt, install_builder, install_runtime
 
 from edgeseg.backends import tensorrt as trt_backend
 from edgeseg.backends import trt_plan
@@ -300,53 +298,14 @@ class BatchFakeTrt(FakeTrt):
                     cuda.memory[self.addresses[name]].view(np.float32)[: n * per] = np.repeat(x.mean(axis=1), per)
                 return True
 
-        class Engine:
-            def __init__(self, doc: Dict[str, Any]) -> None:
-                self.shapes = {k: tuple(v) for k, v in doc["shapes"].items()}
-                self.names = list(self.shapes)
-                self.num_io_tensors = len(self.names)
-                self.num_optimization_profiles = doc.get("profiles", 1)
-                self.profile = doc.get("profile")
-
-            def get_tensor_name(self, i: int) -> str:
-                return self.names[i]
-
-            def get_tensor_mode(self, name: str) -> str:
-                return "INPUT" if name == "images" else "OUTPUT"
-
-            def get_tensor_shape(self, name: str) -> List[int]:
-                return list(self.shapes[name])
-
-            def get_tensor_dtype(self, name: str) -> Any:
-                return types.SimpleNamespace(name="FLOAT")
-
-            def get_tensor_profile_shape(self, name: str, index: int) -> List[List[int]]:
-                return [list(s) for s in self.profile]
-
-            def create_execution_context(self) -> Context:
-                return Context(self)
-
-        class Runtime:
-            def __init__(self, logger: Any) -> None:
-                pass
-
-            def deserialize_cuda_engine(self, data: bytes) -> Engine:
-                cuda.need_context("deserialize_cuda_engine")
-                return Engine(json.loads(data))
-
-        self.Runtime = Runtime
+        self.Context = Context  # FakeTrt's engines and runtime, with this batch-aware context
 
 
 @pytest.fixture
 def batch_fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tuple[BatchFakeTrt, FakeCuda]]:
     cuda = FakeCuda()
     trt = BatchFakeTrt("10.3.0", cuda)
-    package = types.ModuleType("pycuda")
-    package.driver = cuda  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "pycuda", package)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)  # type: ignore[arg-type]
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    trt_backend.trt_logger.cache_clear()
+    install_runtime(monkeypatch, trt)
     yield trt, cuda
     trt_backend.trt_logger.cache_clear()
     assert cuda.stack() == [], "a CUDA context was left pushed on the test thread"

@@ -29,6 +29,7 @@ from trt_fakes import (
     FakeCuda,
     FakeTrt,
     install_builder,
+    install_runtime,
 )
 
 from edgeseg.backends import tensorrt as trt_backend
@@ -145,12 +146,7 @@ DYNAMIC_ENGINE = {
 def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeTrt, FakeCuda]]:
     cuda = FakeCuda()
     trt = FakeTrt("10.3.0", cuda)
-    package = types.ModuleType("pycuda")
-    package.driver = cuda  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "pycuda", package)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)  # type: ignore[arg-type]
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    trt_backend.trt_logger.cache_clear()
+    install_runtime(monkeypatch, trt)
     yield trt, cuda
     trt_backend.trt_logger.cache_clear()
     assert cuda.stack() == [], "a CUDA context was left pushed on the test thread"

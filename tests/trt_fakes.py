@@ -210,7 +210,7 @@ class FakeTrt(types.ModuleType):
                 return [list(s) for s in self.profile]
 
             def create_execution_context(self) -> Context:
-                return Context(self)
+                return fake.Context(self)
 
         class Runtime:
             def __init__(self, logger: Any) -> None:
@@ -220,6 +220,8 @@ class FakeTrt(types.ModuleType):
                 cuda.need_context("deserialize_cuda_engine")
                 return None if data == b"other-version" else Engine(json.loads(data))
 
+        #: The execution context class engines create (a subclass of the fake may put its own).
+        self.Context: Any = Context
         self.Runtime = Runtime
 
 
@@ -349,6 +351,16 @@ QDQ_ONNX = {"input": [1, 3, 64, 64], "layers": ["QUANTIZE", "DEQUANTIZE", "CONVO
 FP16_ONNX = {"input": [1, 3, 64, 64], "layers": ["CAST", "CONVOLUTION"], "types": ["HALF", "HALF"]}
 DYNAMIC_ONNX = {**FP32_ONNX, "input": [-1, 3, -1, -1]}
 GPU = DeviceInfo(tensorrt=None, gpu="Orin", compute_capability=(8, 7), gpu_source="pycuda")
+
+
+def install_runtime(monkeypatch: pytest.MonkeyPatch, trt: FakeTrt) -> None:
+    """Make ``import tensorrt`` give ``trt`` and ``import pycuda.driver`` its FakeCuda."""
+    package = types.ModuleType("pycuda")
+    package.driver = trt.cuda  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pycuda", package)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", trt.cuda)  # type: ignore[arg-type]
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    trt_backend.trt_logger.cache_clear()
 
 
 def install_builder(monkeypatch: pytest.MonkeyPatch, version: str, gpu: DeviceInfo = GPU) -> FakeBuilderTrt:

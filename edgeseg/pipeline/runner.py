@@ -395,13 +395,17 @@ class Pipeline:
         try:
             loop()
         except BaseException as exc:  # any stage failure ends the whole pipeline, reported by join
-            if self._error is None:
-                self._error = exc
-            self._stop.set()
-            for lane in list(self._all):
-                lane.to_infer.close()
-                lane.to_output.close()
-            self._gatherer.wake()
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """A stage failed: keep the first error, stop, and close every buffer so all threads end."""
+        if self._error is None:
+            self._error = exc
+        self._stop.set()
+        for lane in list(self._all):
+            lane.to_infer.close()
+            lane.to_output.close()
+        self._gatherer.wake()
 
     def _guard_capture(self, lane: CameraLane, generation: int) -> None:
         """One camera's capture; its source failing ends this camera alone."""
@@ -410,8 +414,8 @@ class Pipeline:
         except SourceError as exc:
             lane.error = exc
             log.error("camera %s: %s (the camera stops; the others go on)", lane.name or "source", exc)
-        except BaseException as exc:
-            self._guard(_raiser(exc))
+        except BaseException as exc:  # anything else is a fault of the pipeline: it ends whole
+            self._fail(exc)
         finally:
             if generation == lane.generation:
                 lane.capture_done.set()
@@ -609,12 +613,6 @@ def _status(sink: Sink, camera: str, online: bool) -> None:
         log.error("%s", exc)
 
 
-def _raiser(exc: BaseException) -> Callable[[], None]:
-    def again() -> None:
-        raise exc
-    return again
-
-
 def _close_quietly(sinks: Sequence[Sink]) -> None:
     for sink in sinks:
         try:
@@ -634,12 +632,6 @@ def write_events_to_sinks(events: Sequence[Event], sinks: Sequence[Sink], failed
             sink.write_events(events)
         except SinkError as exc:  # as write_to_sinks: one sink's failure does not stop the others
             _sink_failed(exc, i, failed, counters, lock)
-
-
-def write_end_events(processor: FrameProcessor, sinks: Sequence[Sink], failed: set[int], counters: Counters) -> None:
-    """The run is over (source ended, or stopped and drained): the events still open end, once,
-    through every sink that publishes events."""
-    write_events_to_sinks(processor.finish_analytics(), sinks, failed, counters)
 
 
 def run_sequential(
