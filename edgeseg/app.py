@@ -94,14 +94,13 @@ class Runtime:
 
 
 def build_analytics(config: Config, model: Model, spec: Optional[CameraSpec] = None) -> AnalyticsStage | None:
-    """Tracker, zones, lines and events of one camera when ``tracker.enabled``; None otherwise."""
+    """Tracker, zones, lines and events of one camera (default: the first, a single source's only
+    one) when ``tracker.enabled``; None otherwise."""
     if not config.tracker.enabled:
         return None
     from edgeseg.analytics.stage import AnalyticsStage  # scipy and the trackers: only when asked for
 
-    if spec is None:
-        return AnalyticsStage(config.tracker, config.zones, config.lines, config.events, config.camera_name(),
-                              model.spec.class_names)
+    spec = spec or config.camera_specs()[0]
     return AnalyticsStage(config.tracker, list(spec.zones), list(spec.lines), config.events, spec.name,
                           model.spec.class_names)
 

@@ -465,11 +465,9 @@ class Pipeline:
         if lane.online is online or self._classic:
             return
         lane.online = online
-        for sink in lane.sinks:
-            _status(sink, lane.name, online)
+        announce_status(lane.sinks, lane.name, online)
         with self._out_lock:
-            for sink in self.sinks:
-                _status(sink, lane.name, online)
+            announce_status(self.sinks, lane.name, online)
 
     def _prepare(self, frame: Frame, lane: CameraLane) -> Work | None:
         """Preprocess into a pooled tensor, waiting while downstream still holds all of them.
@@ -606,11 +604,13 @@ def _online(source: Source, frame: Frame | None) -> bool:
     return frame is not None or not source.exhausted
 
 
-def _status(sink: Sink, camera: str, online: bool) -> None:
-    try:
-        sink.write_status(camera, online)
-    except SinkError as exc:
-        log.error("%s", exc)
+def announce_status(sinks: Sequence[Sink], camera: str, online: bool) -> None:
+    """Tell every sink that ``camera`` came up or went away; a failing sink is logged, not fatal."""
+    for sink in sinks:
+        try:
+            sink.write_status(camera, online)
+        except SinkError as exc:
+            log.error("%s", exc)
 
 
 def _close_quietly(sinks: Sequence[Sink]) -> None:

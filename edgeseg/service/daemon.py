@@ -48,6 +48,7 @@ from edgeseg.model import Model
 from edgeseg.monitor.metrics import StageHistograms, render_metrics
 from edgeseg.monitor.telemetry import Telemetry
 from edgeseg.pipeline.cameras import CameraStats
+from edgeseg.pipeline.runner import announce_status
 from edgeseg.service.build_on_start import BuildOnStart
 from edgeseg.service.camera_reload import CameraChange, camera_change
 from edgeseg.service.controls import DaemonControls
@@ -305,13 +306,10 @@ class Daemon:
 
     def _announce_removed(self, old: Config, new: Config) -> None:
         """Cameras the reload dropped go offline (the drained pipeline did not say so)."""
-        gone = [s.name for s in old.camera_specs() if s.name not in {n.name for n in new.camera_specs()}]
-        for name in gone:
-            for sink in self.outputs.sinks:
-                try:
-                    sink.write_status(name, False)
-                except SinkError as exc:
-                    log.error("%s", exc)
+        kept = {spec.name for spec in new.camera_specs()}
+        for spec in old.camera_specs():
+            if spec.name not in kept:
+                announce_status(self.outputs.sinks, spec.name, False)
 
     def cameras(self) -> list[CameraStats]:
         """Every camera of the running pipeline (the dashboard's ``/api/cameras``)."""
