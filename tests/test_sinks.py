@@ -290,7 +290,7 @@ def test_coco_default_image_ids(tmp_path: Path, name: str, frame_id: int, expect
 # ---------------------------------------------------------------------------- video / images
 
 
-def _count_frames(path: Path) -> tuple[int, tuple[int, int]]:
+def count_frames(path: Path) -> tuple[int, tuple[int, int]]:
     capture = cv2.VideoCapture(str(path))
     assert capture.isOpened()
     count, shape = 0, (0, 0)
@@ -312,7 +312,7 @@ def test_video_sink_writes_all_frames(tmp_path: Path, suffix: str) -> None:
         for frame_id in range(4):
             sink.write(make_result(frame_id=frame_id))
         sink.write(make_result(frame_id=4, size=(96, 128)))  # another size: resized
-    assert _count_frames(path) == (5, IMAGE_SIZE)
+    assert count_frames(path) == (5, IMAGE_SIZE)
 
 
 @pytest.mark.parametrize(

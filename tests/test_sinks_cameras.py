@@ -8,11 +8,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-import cv2
 import jsonschema
 import pytest
 from pycocotools.coco import COCO
 from test_sinks import IMAGE_SIZE, make_instances, make_result
+from test_sinks import count_frames as frames_of
 
 from edgeseg.sinks import CocoResultsSink, ImageDirSink, JsonlSink, SinkOptions, VideoSink, create_sink
 from edgeseg.sinks.coco import CAMERA_ID_STRIDE
@@ -30,19 +30,6 @@ def result(camera: str, frame_id: int = 0, name: str = "", size: tuple[int, int]
     base = make_result(frame_id=frame_id, name=name, size=size,
                        instances=make_instances(with_masks=masks, size=size))
     return dataclasses.replace(base, camera=camera)
-
-
-def frames_of(path: Path) -> tuple[int, tuple[int, int]]:
-    capture = cv2.VideoCapture(str(path))
-    assert capture.isOpened(), path
-    count, shape = 0, (0, 0)
-    while True:
-        ok, image = capture.read()
-        if not ok:
-            break
-        count, shape = count + 1, image.shape[:2]
-    capture.release()
-    return count, shape
 
 
 def test_camera_paths() -> None:
